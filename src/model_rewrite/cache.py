@@ -1,0 +1,104 @@
+"""A content-addressed store for computed tensors (key statistics): safetensors + JSON, atomic writes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .errors import CorruptCache
+
+log = logging.getLogger(__name__)
+CACHE_FORMAT = 1
+
+
+def default_cache_dir() -> Path:
+    """`$MODEL_REWRITE_CACHE`, else `$XDG_CACHE_HOME/model-rewrite`, else `~/.cache/model-rewrite`."""
+    env = os.environ.get("MODEL_REWRITE_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "model-rewrite"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file and `os.replace`: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
+    """Atomically write tensors as safetensors with `metadata` (JSON) under the key 'model_rewrite'."""
+    from safetensors.torch import save
+
+    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata={"model_rewrite": json.dumps(metadata, sort_keys=True)})
+    atomic_write_bytes(path, data)
+
+
+def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a file written by `save_tensors`; CorruptCache if it cannot be read or has no metadata."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = json.loads((f.metadata() or {})["model_rewrite"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:
+        raise CorruptCache(f"{path} is unreadable ({type(exc).__name__}: {exc}); delete it to recompute") from None
+    return tensors, meta
+
+
+class Store:
+    """Cache of tensors keyed by a hash of everything that affects them.
+
+    A file whose stored key does not match, that cannot be read, or whose tensors are not
+    finite is reported, recomputed and replaced; it is never used silently.
+    """
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = Path(root) if root is not None else default_cache_dir()
+
+    def path_for(self, kind: str, readable: str, key: dict[str, Any]) -> Path:
+        digest = hashlib.sha256(json.dumps({"format": CACHE_FORMAT, **key}, sort_keys=True).encode()).hexdigest()[:16]
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in readable)
+        return self.root / kind / f"{safe}-{digest}.safetensors"
+
+    def get_or_compute(
+        self,
+        kind: str,
+        readable: str,
+        key: dict[str, Any],
+        compute: Callable[[], tuple[dict[str, torch.Tensor], dict[str, Any]]],
+    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Load the entry for `key`, or compute, store and return it."""
+        path = self.path_for(kind, readable, key)
+        full_key = {"format": CACHE_FORMAT, **key}
+        if path.exists():
+            try:
+                tensors, meta = load_tensors(path)
+                if meta.get("key") != json.loads(json.dumps(full_key)):
+                    raise CorruptCache(f"{path} holds another entry (stale key)")
+                if not all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point()):
+                    raise CorruptCache(f"{path} holds non-finite values")
+                return tensors, meta["info"]
+            except CorruptCache as exc:
+                log.warning("cache entry rejected, recomputing: %s", exc)
+        tensors, info = compute()
+        save_tensors(path, tensors, {"key": full_key, "info": info})
+        return tensors, info

@@ -1,0 +1,59 @@
+"""Pure math for context directions: ZCA whitening of keys and their top singular directions."""
+
+from __future__ import annotations
+
+import torch
+
+
+def zca_whitener(cov: torch.Tensor, eig_floor: float = 1e-6) -> torch.Tensor:
+    """Z = C^(-1/2), symmetric (C_in, C_in), with eigenvalues floored at `eig_floor * max eigenvalue`.
+
+    cov: (C_in, C_in) symmetric positive semi-definite. Computed in float64.
+    """
+    c = cov.to(torch.float64)
+    evals, evecs = torch.linalg.eigh((c + c.T) / 2)
+    floor = eig_floor * float(evals.max().clamp_min(1e-300))
+    inv_sqrt = evals.clamp_min(floor).rsqrt()
+    return (evecs * inv_sqrt) @ evecs.T
+
+
+def solve_cov(cov: torch.Tensor, rhs: torch.Tensor, eig_floor: float = 1e-6) -> torch.Tensor:
+    """C^-1 rhs with the same eigenvalue floor as `zca_whitener`. cov (C, C), rhs (C, ...) -> (C, ...)."""
+    c = cov.to(torch.float64)
+    evals, evecs = torch.linalg.eigh((c + c.T) / 2)
+    floor = eig_floor * float(evals.max().clamp_min(1e-300))
+    r = rhs.to(torch.float64)
+    return evecs @ ((evecs.T @ r) / evals.clamp_min(floor).reshape(-1, *([1] * (r.dim() - 1))))
+
+
+def key_directions(
+    keys: torch.Tensor,
+    weights: torch.Tensor,
+    cov: torch.Tensor,
+    rank: int = 1,
+    eig_floor: float = 1e-6,
+) -> torch.Tensor:
+    """Orthonormal context directions D (r, C_in) for keys selected by soft mask weights.
+
+    keys: (N, C_in) keys under the context masks; weights: (N,) mask values in [0, 1].
+    Keys are whitened with Z = C^(-1/2), weighted, and the top-r right singular vectors q of
+    the stack give d = Z q (so a single key k gives d ~ C^-1 k). The rows are orthonormalised
+    (QR) and signed so that each agrees with the mean key's C^-1 image.
+    """
+    if keys.dim() != 2 or weights.shape != keys.shape[:1]:
+        raise ValueError(f"keys (N, C) and weights (N,) expected, got {tuple(keys.shape)} and {tuple(weights.shape)}")
+    w = weights.to(torch.float64)
+    if not (w > 0).any():
+        raise ValueError("no key has positive weight: the context selection is empty")
+    rank = min(rank, int((w > 0).sum()), keys.shape[1])
+    z = zca_whitener(cov, eig_floor)
+    white = (keys.to(torch.float64) @ z) * w[:, None]  # (N, C_in), Z symmetric
+    _, _, vh = torch.linalg.svd(white, full_matrices=False)
+    dirs = vh[:rank] @ z  # rows d = Z q
+    q, _ = torch.linalg.qr(dirs.T)  # (C_in, r) orthonormal columns spanning the same space
+    dirs = q.T[:rank]
+    mean_key = (keys.to(torch.float64) * w[:, None]).sum(0) / w.sum()
+    reference = z @ (z @ mean_key)  # C^-1 mean key
+    signs = torch.sign(dirs @ reference)
+    signs[signs == 0] = 1
+    return (dirs * signs[:, None]).to(keys.dtype)

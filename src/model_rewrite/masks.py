@@ -1,0 +1,129 @@
+"""Masks: PNG data URLs <-> soft [0,1] tensors, resizing to feature grids, boxes and pasting."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import InvalidEdit
+
+Box = tuple[int, int, int, int]  # (y0, y1, x0, x1), half-open
+MAX_MASK_SIDE = 4096
+
+
+def mask_from_image(img: "Image.Image") -> torch.Tensor:  # noqa: F821
+    """A soft mask (H, W) in [0, 1] from a PIL image: its alpha channel if it has a varying one,
+    else its luminance."""
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        alpha = np.asarray(img.convert("RGBA"))[..., 3]
+        if alpha.min() != alpha.max():
+            return torch.from_numpy(alpha.astype(np.float32) / 255.0)
+        rgb = np.asarray(img.convert("RGBA"))
+        return torch.from_numpy((rgb[..., :3].mean(-1) * (rgb[..., 3] / 255.0)).astype(np.float32) / 255.0)
+    return torch.from_numpy(np.asarray(img.convert("L")).astype(np.float32) / 255.0)
+
+
+def mask_from_data_url(url: str) -> torch.Tensor:
+    """Decode a `data:image/png;base64,...` URL into a soft mask (H, W) in [0, 1]."""
+    from PIL import Image
+
+    if not isinstance(url, str) or not url.startswith("data:image/") or ";base64," not in url:
+        raise InvalidEdit("a mask must be a PNG data URL ('data:image/png;base64,...')")
+    try:
+        raw = base64.b64decode(url.split(";base64,", 1)[1], validate=True)
+        img = Image.open(io.BytesIO(raw))
+        if max(img.size) > MAX_MASK_SIDE:
+            raise InvalidEdit(f"mask is {img.size[0]}x{img.size[1]} pixels; the limit is {MAX_MASK_SIDE}")
+        img.load()
+    except InvalidEdit:
+        raise
+    except (binascii.Error, OSError, ValueError) as exc:
+        raise InvalidEdit(f"mask data URL is not a readable image: {exc}") from None
+    return mask_from_image(img)
+
+
+def mask_from_png(path: str | Path) -> torch.Tensor:
+    """A soft mask from a PNG file (alpha if present, else luminance)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return mask_from_image(img)
+    except OSError as exc:
+        raise InvalidEdit(f"cannot read mask {path}: {exc}") from None
+
+
+def png_bytes_from_mask(mask: torch.Tensor) -> bytes:
+    """A grayscale PNG of a mask (H, W) in [0, 1]."""
+    from PIL import Image
+
+    arr = (mask.detach().clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr, mode="L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def data_url_from_mask(mask: torch.Tensor) -> str:
+    """`data:image/png;base64,...` of a mask (H, W) in [0, 1]; lossless for 8-bit masks."""
+    return "data:image/png;base64," + base64.b64encode(png_bytes_from_mask(mask)).decode("ascii")
+
+
+def check_mask(mask: torch.Tensor, resolution: int, what: str) -> torch.Tensor:
+    """Validate a mask for a model of `resolution`: 2-D, square size matching, finite, not empty."""
+    if mask.dim() != 2:
+        raise InvalidEdit(f"{what} mask must be 2-D (H, W), got shape {tuple(mask.shape)}")
+    if tuple(mask.shape) != (resolution, resolution):
+        raise InvalidEdit(
+            f"{what} mask is {mask.shape[1]}x{mask.shape[0]} but the model makes {resolution}x{resolution} "
+            "images; paint the mask at the image's size"
+        )
+    if not torch.isfinite(mask).all():
+        raise InvalidEdit(f"{what} mask holds NaN or infinite values")
+    if float(mask.max()) <= 0:
+        raise InvalidEdit(f"{what} mask is empty: paint at least one pixel")
+    return mask.clamp(0, 1)
+
+
+def resize_mask(mask: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """Area-average a mask (H, W) to `size` (h, w): each cell gets the mean of the pixels it covers."""
+    hw = (size, size) if isinstance(size, int) else tuple(size)
+    return F.interpolate(mask[None, None].float(), size=hw, mode="area")[0, 0]
+
+
+def bounding_box(mask: torch.Tensor, threshold: float = 0.0) -> Box:
+    """Smallest box (y0, y1, x0, x1) holding every cell above `threshold`."""
+    ys, xs = torch.nonzero(mask > threshold, as_tuple=True)
+    if ys.numel() == 0:
+        raise InvalidEdit("the mask is empty at this resolution; paint a larger region")
+    return int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+
+
+def scale_box(box: Box, factor: float) -> Box:
+    """A box scaled to another grid, rounded outward."""
+    import math
+
+    y0, y1, x0, x1 = box
+    return math.floor(y0 * factor), math.ceil(y1 * factor), math.floor(x0 * factor), math.ceil(x1 * factor)
+
+
+def paste_box(center: tuple[float, float], height: int, width: int, grid: tuple[int, int]) -> Box:
+    """A box of (height, width) centred at `center` (y, x), shifted to lie inside `grid` (H, W)."""
+    gh, gw = grid
+    height, width = min(height, gh), min(width, gw)
+    y0 = int(round(center[0] - height / 2))
+    x0 = int(round(center[1] - width / 2))
+    y0 = max(0, min(gh - height, y0))
+    x0 = max(0, min(gw - width, x0))
+    return y0, y0 + height, x0, x0 + width
+
+
+def box_center(box: Box) -> tuple[float, float]:
+    y0, y1, x0, x1 = box
+    return (y0 + y1) / 2, (x0 + x1) / 2

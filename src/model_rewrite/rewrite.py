@@ -1,0 +1,283 @@
+"""The rewriting pipeline: from a request (context, copy, paste) to a solved LowRankDelta, and the
+`Rewriter` that ties a model, its statistics cache and its edit stack together."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .cache import Store
+from .config import StatsConfig, UpdateConfig
+from .directions import key_directions
+from .edits import EditSpec, EditStack, StackEntry
+from .errors import InvalidEdit, SolveError
+from .hooks import call_with_weight, get_module
+from .latents import latents_from_seeds
+from .layers import LayerSpec, editable_layers, resolve_layer
+from .masks import check_mask
+from .models import ModelInfo, fingerprint_model, load_generator
+from .render import generate
+from .search import heat_maps, key_maps
+from .stats import KeyStats, collect_key_stats
+from .targets import Goal, Observation, Selection, context_keys, copy_paste_goal, erase_goal, erase_units, observe
+from .update import LowRankDelta, linear_design, lstsq_factor, optimize_factor
+
+log = logging.getLogger(__name__)
+StepCallback = Callable[[int, float], "bool | None"]
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """What `Rewriter.layers()` reports for one editable layer."""
+
+    name: str
+    kind: str  # type of the weight module
+    key_size: int  # C_in
+    value_shape: tuple[int, ...]  # (C_out, Hv, Wv) of one image
+    key_resolution: int  # Hk
+    resolution: int  # Hv
+
+
+@dataclass
+class SolveResult:
+    """A solved edit: the delta, its loss curve and timings."""
+
+    delta: LowRankDelta
+    losses: list[float] = field(default_factory=list)  # optimisation loss per step (L1 or L2)
+    closed_form_loss: float = float("nan")  # the same loss at the closed-form solution
+    goal_loss: float = float("nan")  # final loss
+    seconds: float = 0.0
+    cancelled: bool = False
+
+
+def _region_loss(pred: torch.Tensor, target: torch.Tensor, box: tuple[int, int, int, int], kind: str) -> torch.Tensor:
+    y0, y1, x0, x1 = box
+    p, t = pred[:, :, y0:y1, x0:x1], target[:, :, y0:y1, x0:x1]
+    return F.l1_loss(p, t) if kind == "l1" else F.mse_loss(p, t)
+
+
+def solve_update(
+    model: nn.Module,
+    spec: LayerSpec,
+    dirs: torch.Tensor,
+    goal: Goal,
+    config: UpdateConfig,
+    on_step: StepCallback | None = None,
+) -> SolveResult:
+    """Fit the factor L of W = W0 + L D to the goal, W0 being the model's current weight.
+
+    The closed form (least squares on the linear output in the loss box) is exact for a linear
+    tail and warm-starts the constrained Adam optimisation of the block's real output.
+    """
+    t0 = time.perf_counter()
+    weight_module = get_module(model, spec.weight_module)
+    block = get_module(model, spec.name)
+    w0 = getattr(weight_module, spec.param_name).detach()
+    dirs = dirs.to(w0.dtype)
+    keys = goal.obs.keys
+    zero = torch.zeros_like(w0)
+
+    def linear_change(delta: torch.Tensor) -> torch.Tensor:
+        return call_with_weight(weight_module, spec.param_name, delta, keys) - call_with_weight(weight_module, spec.param_name, zero, keys)
+
+    with torch.no_grad():
+        design = linear_design(linear_change, dirs, tuple(w0.shape), spec.key_axis)  # (P, r*T)
+        y0, y1, x0, x1 = goal.box
+        hv, wv = goal.linear.shape[2:]
+        pos = torch.arange(hv * wv).reshape(hv, wv)[y0:y1, x0:x1].reshape(-1)
+        residual = (goal.linear - goal.obs.linear).movedim(1, -1).reshape(-1, goal.linear.shape[1])
+        factor0 = lstsq_factor(design[pos], residual[pos], dirs.shape[0], tuple(w0.shape), spec.key_axis, config.ridge)
+
+    def loss_fn(factor: torch.Tensor) -> torch.Tensor:
+        weight = w0 + (factor.movedim(spec.key_axis, -1) @ dirs).movedim(-1, spec.key_axis)
+        out = call_with_weight(block, spec.weight_path, weight, *goal.obs.args, **goal.obs.kwargs)
+        return _region_loss(out, goal.values, goal.box, config.loss)
+
+    with torch.no_grad():
+        cf_loss = float(loss_fn(factor0))
+    result = SolveResult(LowRankDelta(spec.param_path, spec.key_axis, factor0, dirs), closed_form_loss=cf_loss, goal_loss=cf_loss)
+    if config.method == "optimize" and config.steps > 0:
+        cancelled = []
+
+        def step_cb(step: int, loss: float) -> bool:
+            stop = bool(on_step(step, loss)) if on_step is not None else False
+            if stop:
+                cancelled.append(step)
+            return stop
+
+        start = factor0 if config.warm_start else torch.zeros_like(factor0)
+        factor, losses = optimize_factor(loss_fn, start, config.steps, config.lr, step_cb)
+        result = SolveResult(LowRankDelta(spec.param_path, spec.key_axis, factor, dirs), losses, cf_loss,
+                             min(losses), cancelled=bool(cancelled))
+    if not result.delta.is_finite():
+        raise SolveError("the solved update holds NaN or infinite values; lower the learning rate or steps")
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+class Rewriter:
+    """A generator being rewritten: its layers, key statistics (cached), edits and previews.
+
+    Construction loads the model and nothing else; statistics are computed on first use of a
+    layer (or by `stats()`) and cached on disk by model fingerprint, layer and StatsConfig.
+    """
+
+    def __init__(self, model: str | nn.Module = "faces", *, device: str = "cpu", cache_dir: str | Path | None = None,
+                 info: ModelInfo | None = None) -> None:
+        if isinstance(model, nn.Module):
+            self.model = model.to(device).eval()
+            self.info = info or ModelInfo("custom", type(model).__name__, fingerprint_model(model),
+                                          int(getattr(model, "resolution", 0)), tuple(getattr(model, "latent_shape", ())), "in memory")
+        else:
+            self.model, self.info = load_generator(model, device)
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.device = device
+        self.store = Store(cache_dir)
+        self.stack = EditStack(self.model)
+        self._stats: dict[tuple[str, StatsConfig], KeyStats] = {}
+
+    # --- looking at the model -------------------------------------------------------------
+    def layers(self) -> list[LayerInfo]:
+        """The editable layers with their kind, key size, value shape and resolutions."""
+        z = self.latents([0])
+        out = []
+        for spec in editable_layers(self.model):
+            obs = observe(self.model, spec, z)
+            wmod = get_module(self.model, spec.weight_module)
+            k, v = obs.keys, obs.values
+            out.append(LayerInfo(spec.name, type(wmod).__name__, int(k.shape[1]), tuple(v.shape[1:]),
+                                 int(k.shape[2]) if k.dim() > 2 else 1, int(v.shape[2]) if v.dim() > 2 else 1))
+        return out
+
+    def spec(self, layer: str | LayerSpec) -> LayerSpec:
+        return resolve_layer(self.model, layer)
+
+    def latents(self, seeds: Sequence[int]) -> torch.Tensor:
+        """Latents (N, ...) of the images named by `seeds`."""
+        return latents_from_seeds(seeds, self.info.latent_shape).to(self.device)
+
+    def sample(self, seeds: Sequence[int]) -> torch.Tensor:
+        """Images (N, 3, H, W) in [-1, 1] from the current (possibly edited) model."""
+        return generate(self.model, self.latents(seeds))
+
+    def sample_original(self, seeds: Sequence[int]) -> torch.Tensor:
+        """Images from the unedited weights (the stack's W0), without touching the live model."""
+        base = {path: self.stack.base_weight(path) for path in self.stack._base}
+        if not base:
+            return self.sample(seeds)
+        from torch.func import functional_call
+
+        z = self.latents(seeds)
+        with torch.no_grad():
+            return torch.cat([functional_call(self.model, base, (z[i : i + 32],), strict=False).cpu() for i in range(0, len(z), 32)])
+
+    # --- statistics -----------------------------------------------------------------------
+    def stats(self, layer: str, config: StatsConfig = StatsConfig(), progress: Callable[[int, int], None] | None = None) -> KeyStats:
+        """Key statistics of `layer` on the unedited model, from memory, disk cache or computed."""
+        spec = self.spec(layer)
+        mem_key = (spec.name, config)
+        if mem_key in self._stats:
+            return self._stats[mem_key]
+        key = {"fingerprint": self.info.fingerprint, "layer": spec.name, "num_samples": config.num_samples,
+               "seed": config.seed, "product_dtype": config.product_dtype, "what": "second_moment"}
+
+        def compute() -> tuple[dict[str, torch.Tensor], dict]:
+            with self._unedited(spec):
+                s = collect_key_stats(self.model, spec, config, latent_shape=self.info.latent_shape, progress=progress)
+            return {"moment": s.moment}, {"count": s.count}
+
+        tensors, meta = self.store.get_or_compute("stats", f"{self.info.model_id.replace('/', '_')[-40:]}-{spec.name}-n{config.num_samples}-s{config.seed}",
+                                                  key, compute)
+        stats = KeyStats(spec.name, tensors["moment"], int(meta["count"]), config.num_samples, config.seed)
+        self._stats[mem_key] = stats
+        return stats
+
+    def _unedited(self, spec: LayerSpec):
+        """Context in which edits of layers before `spec` are lifted (statistics describe the original model)."""
+        from contextlib import contextmanager
+
+        @contextmanager
+        def cm():
+            saved = list(self.stack.entries)
+            if saved:
+                self.stack.entries.clear()
+                for p in self.stack._base:
+                    self.stack._sync(p)
+            try:
+                yield
+            finally:
+                if saved:
+                    self.stack.entries.extend(saved)
+                    for p in self.stack._base:
+                        self.stack._sync(p)
+
+        return cm()
+
+    # --- solving --------------------------------------------------------------------------
+    def _selection(self, spec: LayerSpec, sel: Selection, what: str) -> tuple[Observation, torch.Tensor, torch.Tensor]:
+        mask = check_mask(sel.mask, self.info.resolution, what)
+        z = self.latents([sel.seed])
+        return observe(self.model, spec, z), mask, z
+
+    def directions(self, layer: str, context: Sequence[Selection], rank: int = 1, stats: StatsConfig = StatsConfig(),
+                   eig_floor: float = 1e-6) -> torch.Tensor:
+        """Context directions D (r, C_in) of painted context selections at `layer`."""
+        spec = self.spec(layer)
+        if not context:
+            raise InvalidEdit("give at least one context selection")
+        obs = [self._selection(spec, s, f"context[{i}]")[:2] for i, s in enumerate(context)]
+        keys, weights = context_keys(obs)
+        return key_directions(keys, weights, self.stats(layer, stats).moment, rank, eig_floor)
+
+    def solve(self, edit: EditSpec, on_step: StepCallback | None = None) -> SolveResult:
+        """Solve an edit against the current model (W0 = the current weight of its layer)."""
+        edit.check_model(edit.model, self.info.fingerprint, [s.name for s in editable_layers(self.model)])
+        spec = self.spec(edit.layer)
+        cfg = edit.update
+        context = list(edit.context) or [edit.paste]
+        ctx = [self._selection(spec, s, f"context[{i}]")[:2] for i, s in enumerate(context)]
+        stats = self.stats(spec.name, edit.stats)
+        keys, weights = context_keys(ctx)
+        dirs = key_directions(keys, weights, stats.moment, cfg.rank, cfg.eig_floor)
+        paste_obs, paste_mask, paste_z = self._selection(spec, edit.paste, "paste")
+        if cfg.erase or edit.copy is None:
+            units = erase_units(ctx, stats.moment, cfg.erase_units)
+            goal = erase_goal(self.model, spec, paste_z, paste_obs, paste_mask, units, cfg.tight_paste)
+        else:
+            copy_obs, copy_mask, _ = self._selection(spec, edit.copy, "copy")
+            goal = copy_paste_goal(copy_obs, copy_mask, paste_obs, paste_mask, cfg.tight_paste)
+        return solve_update(self.model, spec, dirs, goal, cfg, on_step)
+
+    def apply(self, edit: EditSpec, delta: LowRankDelta | None = None, on_step: StepCallback | None = None) -> StackEntry:
+        """Solve the edit (unless its delta is given) and push it on the edit stack."""
+        edit.check_model(edit.model, self.info.fingerprint, [s.name for s in editable_layers(self.model)])
+        if delta is None:
+            result = self.solve(edit, on_step)
+            if result.cancelled:
+                raise SolveError("the edit was cancelled")
+            delta = result.delta
+        elif delta.param_path != self.spec(edit.layer).param_path:
+            raise InvalidEdit(f"the saved factors are for {delta.param_path}, not layer {edit.layer}")
+        return self.stack.push(delta, edit.name, edit)
+
+    def heat(self, layer: str, dirs: torch.Tensor, seeds: Sequence[int], which: int = 0) -> torch.Tensor:
+        """Heat maps (N, Hk, Wk) of direction `which` on the images `seeds`."""
+        spec = self.spec(layer)
+        return heat_maps(key_maps(self.model, spec, self.latents(seeds)), dirs.to(torch.float32), which)
+
+    def selection(self, seed: int, mask: torch.Tensor) -> Selection:
+        return Selection(seed, mask)
+
+    def new_edit(self, layer: str, paste: Selection, copy: Selection | None = None, context: Sequence[Selection] = (),
+                 update: UpdateConfig = UpdateConfig(), stats: StatsConfig = StatsConfig(), name: str = "") -> EditSpec:
+        """An EditSpec for this model (id and fingerprint filled in)."""
+        return EditSpec(self.info.model_id, self.info.fingerprint, layer, paste, copy, tuple(context), update, stats, name)
+

@@ -1,0 +1,95 @@
+"""Streaming key statistics: the uncentered second moment C = E[k k^T] of a layer's keys."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .config import StatsConfig
+from .hooks import run_until
+from .latents import latent_stream
+from .layers import LayerSpec
+
+
+def rows_from_map(keys: torch.Tensor) -> torch.Tensor:
+    """A key map (B, C, *spatial) or key batch (B, C) as rows (B * prod(spatial), C)."""
+    if keys.dim() == 2:
+        return keys
+    return keys.flatten(2).transpose(1, 2).reshape(-1, keys.shape[1])
+
+
+class SecondMoment:
+    """Streaming float64 accumulator of sum(k k^T) and the number of keys.
+
+    `add` any batches in any order; the result equals the batch computation up to float64
+    rounding. Memory is O(C^2), independent of how many keys are added.
+    """
+
+    def __init__(self, dim: int, device: torch.device | str = "cpu", product_dtype: torch.dtype = torch.float64) -> None:
+        self.sum = torch.zeros(dim, dim, dtype=torch.float64, device=device)
+        self.count = 0
+        self.product_dtype = product_dtype
+
+    def add(self, keys: torch.Tensor) -> None:
+        """keys: (N, C) rows. The batch product is formed in `product_dtype`, summed in float64."""
+        k = keys.to(self.product_dtype)
+        self.sum += (k.T @ k).to(torch.float64)
+        self.count += k.shape[0]
+
+    def merge(self, other: "SecondMoment") -> None:
+        self.sum += other.sum
+        self.count += other.count
+
+    def moment(self) -> torch.Tensor:
+        """C = sum / count, (C_in, C_in) float64, symmetric."""
+        if self.count == 0:
+            raise ValueError("no keys were added")
+        m = self.sum / self.count
+        return (m + m.T) / 2
+
+
+@dataclass(frozen=True)
+class KeyStats:
+    """Second moment of one layer's keys, with what it was computed from."""
+
+    layer: str
+    moment: torch.Tensor  # (C_in, C_in) float64
+    count: int  # number of keys (samples x locations)
+    num_samples: int
+    seed: int
+
+    @property
+    def dim(self) -> int:
+        return self.moment.shape[0]
+
+
+def collect_key_stats(
+    model: nn.Module,
+    spec: LayerSpec,
+    config: StatsConfig = StatsConfig(),
+    *,
+    latent_shape: tuple[int, ...],
+    progress: Callable[[int, int], None] | None = None,
+) -> KeyStats:
+    """Run the model up to `spec`'s weight module on a seeded latent stream and accumulate C.
+
+    Only the network up to the layer runs (the forward stops there). `progress(done, total)`
+    is called after each batch.
+    """
+    acc: SecondMoment | None = None
+    done = 0
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        for z in latent_stream(config.seed, config.num_samples, latent_shape, config.batch_size):
+            rows = rows_from_map(run_until(model, spec.weight_module, z.to(device), record_output=False).input)
+            if acc is None:
+                acc = SecondMoment(rows.shape[1], rows.device, getattr(torch, config.product_dtype))
+            acc.add(rows)
+            done += z.shape[0]
+            if progress is not None:
+                progress(done, config.num_samples)
+    assert acc is not None
+    return KeyStats(spec.name, acc.moment().cpu(), acc.count, config.num_samples, config.seed)
