@@ -1,0 +1,330 @@
+"""The web app: `create_app(session)` builds the FastAPI JSON API and static page; `serve()` runs it with uvicorn."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from pathlib import Path
+from typing import Callable
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from .. import __version__
+from ..config import RenderConfig, StatsConfig, UpdateConfig, config_to_dict
+from ..edits import EDIT_FORMAT, EDIT_VERSION, EditSpec, StackEntry, selection_from_dict
+from ..errors import IncompatibleEdit, RewriteError
+from ..rewrite import Rewriter
+from ..targets import Selection
+from . import schemas as S
+from .session import EditSession, Job, NameTaken, NotFound, SessionBusy, _data_url, seeds_from_text
+
+log = logging.getLogger(__name__)
+STATIC_DIR = Path(__file__).parent / "static"
+MAX_BODY_BYTES = 16 * 1024 * 1024
+
+
+def _status_of(exc: RewriteError) -> int:
+    if isinstance(exc, NotFound):
+        return 404
+    if isinstance(exc, (SessionBusy, NameTaken, IncompatibleEdit)):
+        return 409
+    return 400
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path"))
+        parts.append(f"{loc}: {err.get('msg', 'invalid')}" if loc else str(err.get("msg", "invalid")))
+    return "invalid request: " + "; ".join(parts)
+
+
+class _BodyLimit:
+    """ASGI middleware: answer 413 to request bodies over `limit` bytes, declared or streamed."""
+
+    def __init__(self, app: Callable, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        too_big = JSONResponse({"detail": f"request body over {self.limit // (1024 * 1024)} MiB; masks are small PNGs "
+                                          "at image resolution"}, status_code=413)
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await too_big(scope, receive, send)
+        if declared is not None:
+            return await self.app(scope, receive, send)
+        body, more = b"", True  # no declared length: buffer with a limit, then replay
+        while more:
+            msg = await receive()
+            if msg["type"] != "http.request":
+                return
+            body += msg.get("body", b"")
+            more = msg.get("more_body", False)
+            if len(body) > self.limit:
+                return await too_big(scope, receive, send)
+        sent = False
+
+        async def replay() -> dict:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+# --- conversions between the API's JSON and the core types ---------------------------------------
+
+def _selection(sel: S.SelectionIn, what: str) -> Selection:
+    return selection_from_dict(sel.model_dump(), what)
+
+
+def _spec_from_input(session: EditSession, edit: S.EditIn) -> EditSpec:
+    """The EditSpec the page describes, parsed by the same code that reads edit files."""
+    data = edit.model_dump(by_alias=True)
+    data.update(format=EDIT_FORMAT, version=EDIT_VERSION, model=session.rw.info.model_id,
+                fingerprint=session.rw.info.fingerprint)
+    return session.check_edit(EditSpec.from_dict(data))
+
+
+def _entry_out(entry: StackEntry) -> S.EntryOut:
+    spec = entry.spec
+    return S.EntryOut(id=entry.id, name=entry.name, layer=spec.layer if spec is not None else "",
+                      rank=entry.delta.rank, param_path=entry.delta.param_path,
+                      edit=spec.to_dict() if spec is not None else None)
+
+
+def _job_out(job: Job, since: int = 0) -> S.JobOut:
+    since = max(0, min(since, len(job.losses)))
+    return S.JobOut(id=job.id, kind=job.kind, name=job.name, state=job.state, phase=job.phase, step=job.step,
+                    steps=job.steps, losses=job.losses[since:], since=since, error=job.error,
+                    entry_id=job.entry_id, seconds=round(job.seconds, 3))
+
+
+def _image_url(state: str, seed: int) -> str:
+    return f"/api/images/{state}/{seed}.png"
+
+
+def create_app(session: EditSession) -> FastAPI:
+    """The FastAPI app serving one EditSession: JSON endpoints under /api, the page at /."""
+    app = FastAPI(title="model-rewrite", version=__version__, docs_url="/api/docs", openapi_url="/api/openapi.json")
+    app.state.session = session
+
+    @app.exception_handler(RewriteError)
+    async def rewrite_error(_request: Request, exc: RewriteError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=_status_of(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _validation_message(exc)}, status_code=400)
+
+    # --- page -------------------------------------------------------------------------
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    # --- model ------------------------------------------------------------------------
+    @app.get("/api/info", response_model=S.InfoOut)
+    def info() -> S.InfoOut:
+        rw = session.rw
+        return S.InfoOut(
+            model=rw.info.model_id, fingerprint=rw.info.fingerprint, kind=rw.info.kind, resolution=rw.info.resolution,
+            layers=[S.LayerOut(name=l.name, kind=l.kind, key_size=l.key_size, value_shape=list(l.value_shape),
+                               key_resolution=l.key_resolution, resolution=l.resolution) for l in session.layers],
+            default_layer=session.default_layer, update=config_to_dict(UpdateConfig()),
+            stats=config_to_dict(StatsConfig()), fire_quantile=RenderConfig().fire_quantile, max_page=S.MAX_PAGE,
+            edits_dir=str(session.edits_dir), session=session.nonce,
+        )
+
+    # --- images -----------------------------------------------------------------------
+    @app.get("/api/gallery", response_model=S.GalleryOut)
+    def gallery(seeds: str = Query("0-15", max_length=2000), page: int = Query(0, ge=0),
+                per_page: int = Query(16, ge=1, le=S.MAX_PAGE),
+                which: str = Query("edited", pattern="^(edited|original|both)$")) -> S.GalleryOut:
+        """One page of a seed range or list; its images are rendered (batched) before the answer."""
+        all_seeds = seeds_from_text(seeds)
+        pages = max(1, -(-len(all_seeds) // per_page))
+        page = min(page, pages - 1)
+        shown = all_seeds[page * per_page : (page + 1) * per_page]
+        state = session.prerender(shown, which)
+        return S.GalleryOut(state=state, seeds=shown, total=len(all_seeds), page=page, pages=pages,
+                            images=[S.GalleryImage(seed=s, edited=_image_url(state, s), original=_image_url(session.base_state, s))
+                                    for s in shown])
+
+    @app.get("/api/images/{state}/{seed}.png", response_class=Response,
+             responses={200: {"content": {"image/png": {}}}})
+    def image(state: str, seed: int) -> Response:
+        """The PNG of image `seed` under weights `state` (URLs from /api/gallery; immutable)."""
+        if seed < 0 or seed > S.MAX_SEED:
+            raise NotFound(f"seed {seed} is out of range")
+        png = session.image_png(state, seed)
+        return Response(png, media_type="image/png", headers={"Cache-Control": "public, max-age=86400, immutable"})
+
+    @app.post("/api/preview", response_model=S.PreviewOut)
+    def preview(body: S.PreviewIn) -> S.PreviewOut:
+        """What the copy region takes, and the composite at the paste location with its box."""
+        out = session.preview(_selection(body.copy_, "copy"), _selection(body.paste, "paste") if body.paste else None)
+        return S.PreviewOut(**out)
+
+    @app.post("/api/search", response_model=S.SearchOut)
+    def search(body: S.SearchIn) -> S.SearchOut:
+        """Rank candidate seeds by how strongly the context direction fires on them."""
+        candidates = seeds_from_text(body.seeds, limit=S.MAX_SEARCH)
+        context = [_selection(s, f"context[{i}]") for i, s in enumerate(body.context)]
+        state, best = session.search(body.layer, context, body.rank, candidates, body.top_k)
+        return S.SearchOut(matches=[S.Match(seed=s, score=v, url=_image_url(state, s)) for s, v in best],
+                           searched=len(candidates))
+
+    @app.post("/api/matches", response_model=S.MatchesOut)
+    def matches(body: S.MatchesIn) -> S.MatchesOut:
+        """Overlays of where the context fires on each image (above the quantile of the heat)."""
+        context = [_selection(s, f"context[{i}]") for i, s in enumerate(body.context)]
+        threshold, items = session.matches(body.layer, context, body.rank, body.seeds, body.quantile, body.which)
+        return S.MatchesOut(threshold=threshold, quantile=body.quantile,
+                            overlays=[S.Overlay(seed=s, image=_data_url(png), fraction=f) for s, png, f in items])
+
+    # --- executing edits ----------------------------------------------------------------
+    @app.post("/api/execute", response_model=S.JobOut, status_code=202)
+    def execute(body: S.EditIn) -> S.JobOut:
+        """Start solving the edit; poll /api/job for progress. 409 while another edit runs."""
+        return _job_out(session.start_job(_spec_from_input(session, body)))
+
+    @app.get("/api/job", response_model=S.JobStatus)
+    def job(since: int = Query(0, ge=0)) -> S.JobStatus:
+        """The latest job (running or finished), with its losses from index `since`."""
+        return S.JobStatus(job=_job_out(session.job, since) if session.job is not None else None)
+
+    @app.post("/api/job/cancel", response_model=S.JobStatus)
+    def cancel() -> S.JobStatus:
+        job = session.cancel()
+        if job is None:
+            raise NotFound("no edit is running")
+        return S.JobStatus(job=_job_out(job))
+
+    # --- history ------------------------------------------------------------------------
+    def history_out() -> S.HistoryOut:
+        state, entries, undone = session.history()
+        return S.HistoryOut(state=state, entries=[_entry_out(e) for e in entries], undone=[_entry_out(e) for e in undone])
+
+    @app.get("/api/history", response_model=S.HistoryOut)
+    def history() -> S.HistoryOut:
+        return history_out()
+
+    @app.post("/api/history/undo", response_model=S.HistoryOut)
+    def undo() -> S.HistoryOut:
+        session.undo()
+        return history_out()
+
+    @app.post("/api/history/redo", response_model=S.HistoryOut)
+    def redo() -> S.HistoryOut:
+        session.redo()
+        return history_out()
+
+    @app.post("/api/history/revert", response_model=S.HistoryOut)
+    def revert() -> S.HistoryOut:
+        session.revert_all()
+        return history_out()
+
+    @app.delete("/api/history/{entry_id}", response_model=S.HistoryOut)
+    def remove(entry_id: int) -> S.HistoryOut:
+        session.remove(entry_id)
+        return history_out()
+
+    # --- saved edits and export ---------------------------------------------------------
+    @app.get("/api/edits", response_model=S.SavedEditsOut)
+    def saved_edits() -> S.SavedEditsOut:
+        return S.SavedEditsOut(edits_dir=str(session.edits_dir), edits=[S.SavedEditOut(**d) for d in session.saved_edits()])
+
+    @app.post("/api/edits", response_model=S.SavedEditOut, status_code=201)
+    def save(body: S.SaveIn) -> S.SavedEditOut:
+        """Save the last applied edit (or `entry_id`, or a draft `edit`); 409 if the name exists
+        and `overwrite` is false."""
+        spec = _spec_from_input(session, body.edit) if body.edit is not None else None
+        path = session.save(body.name, overwrite=body.overwrite, entry_id=body.entry_id, spec=spec)
+        return _saved(path.stem)
+
+    def _saved(name: str) -> S.SavedEditOut:
+        for d in session.saved_edits():
+            if d["name"] == name:
+                return S.SavedEditOut(**d)
+        raise NotFound(f"no saved edit named {name!r}")
+
+    @app.post("/api/edits/import", response_model=S.SavedEditOut, status_code=201)
+    def import_edit(body: S.ImportIn) -> S.SavedEditOut:
+        """Store an edit file's JSON read by the browser (it is solved when loaded)."""
+        path = session.import_edit(body.name, body.edit, overwrite=body.overwrite)
+        return _saved(path.stem)
+
+    @app.get("/api/edits/{name}", response_model=S.SavedEditDetail)
+    def read_edit(name: str) -> S.SavedEditDetail:
+        spec, delta = session.read_edit(name)
+        return S.SavedEditDetail(name=session.edit_path(name).stem, has_factors=delta is not None, edit=spec.to_dict())
+
+    @app.get("/api/edits/{name}/file", response_class=FileResponse)
+    def download_edit(name: str) -> FileResponse:
+        """The edit's JSON file as a download (replay it with `model-rewrite apply`)."""
+        session.read_edit(name)
+        path = session.edit_path(name)
+        return FileResponse(path, media_type="application/json", filename=path.name)
+
+    @app.post("/api/edits/{name}/load", response_model=S.LoadOut)
+    def load(name: str, body: S.LoadIn = S.LoadIn()) -> S.LoadOut:
+        """Read a saved edit for the page and (by default) apply it: at once with its factors, else
+        as a job."""
+        spec, entry, job = session.load(name, apply=body.apply)
+        return S.LoadOut(name=session.edit_path(name).stem, edit=spec.to_dict(),
+                         entry=_entry_out(entry) if entry is not None else None,
+                         job=_job_out(job) if job is not None else None)
+
+    @app.get("/api/export", response_class=Response, responses={200: {"content": {"application/octet-stream": {}}}})
+    def export() -> Response:
+        """The edited generator as a safetensors download (reload it with --model PATH)."""
+        data = session.export_bytes()
+        name = f"{session.rw.info.model_id.replace('/', '_')[-40:]}-edited.safetensors"
+        return Response(data, media_type="application/octet-stream",
+                        headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+    app.add_middleware(_BodyLimit, limit=MAX_BODY_BYTES)
+    return app
+
+
+def _display_host(host: str) -> str:
+    if host in ("", "0.0.0.0", "127.0.0.1", "localhost"):
+        return "127.0.0.1"
+    if host in ("::", "::1"):
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+def serve(model: str, layer: str | None, host: str = "127.0.0.1", port: int = 0, cache_dir: str | None = None,
+          device: str = "cpu", *, edits_dir: str | Path | None = None) -> None:
+    """Load `model`, bind `host:port` (0 picks a free port), print the page's URL and serve until stopped.
+
+    Saved edits go to `edits_dir` (default ./edits).
+    """
+    import uvicorn
+
+    session = EditSession(Rewriter(model, device=device, cache_dir=cache_dir), layer=layer,
+                          edits_dir=edits_dir if edits_dir is not None else Path.cwd() / "edits")
+    app = create_app(session)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host or "127.0.0.1", port))
+    sock.listen(128)
+    bound = sock.getsockname()[1]
+    print(f"http://{_display_host(host)}:{bound}/", flush=True)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()

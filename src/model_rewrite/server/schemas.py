@@ -1,0 +1,236 @@
+"""Pydantic request and response models of the web API; edit bodies mirror EditSpec's JSON form."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Annotated, Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from ..config import StatsConfig, UpdateConfig
+
+MAX_MASK_CHARS = 1_000_000  # a PNG data URL of one mask; a 64x64 mask is a few kB
+MAX_CONTEXT = 64  # context selections in one request
+MAX_PAGE = 64  # images in one gallery page or overlay request
+MAX_SEARCH = 2000  # candidate images of one context search
+MAX_SEED = 2**31 - 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+def _mirror(cls: type, name: str) -> type[BaseModel]:
+    """A pydantic model with the fields, types and defaults of a config dataclass (one source of truth).
+
+    Values are checked again by `config_from_dict`, which also applies the dataclass's range checks.
+    """
+    hints = typing.get_type_hints(cls)
+    fields: dict[str, Any] = {f.name: (hints[f.name], f.default) for f in dataclasses.fields(cls)}
+    return create_model(name, __config__=ConfigDict(extra="forbid", strict=True), **fields)
+
+
+UpdateConfigIn = _mirror(UpdateConfig, "UpdateConfigIn")
+StatsConfigIn = _mirror(StatsConfig, "StatsConfigIn")
+
+
+class SelectionIn(_Strict):
+    """A painted region: the image's seed and its mask as a PNG data URL at image resolution."""
+
+    seed: int = Field(ge=0, le=MAX_SEED)
+    mask: str = Field(max_length=MAX_MASK_CHARS)
+
+
+class EditIn(_Strict):
+    """An edit as the page builds it: EditSpec's JSON form without model and fingerprint."""
+
+    layer: str
+    paste: SelectionIn
+    copy_: Optional[SelectionIn] = Field(default=None, alias="copy")  # "copy" would shadow BaseModel.copy
+    context: list[SelectionIn] = Field(default_factory=list, max_length=MAX_CONTEXT)
+    update: UpdateConfigIn = Field(default_factory=UpdateConfigIn)  # type: ignore[valid-type]
+    stats: StatsConfigIn = Field(default_factory=StatsConfigIn)  # type: ignore[valid-type]
+    name: str = Field(default="", max_length=200)
+    note: str = Field(default="", max_length=2000)
+
+
+class ContextIn(_Strict):
+    """The context of a search or overlay request."""
+
+    layer: str
+    context: list[SelectionIn] = Field(min_length=1, max_length=MAX_CONTEXT)
+    rank: int = Field(default=1, ge=1, le=64)
+
+
+class SearchIn(ContextIn):
+    seeds: str = Field(default="0-199", max_length=2000)  # candidates, e.g. "0-499" or "3,7,12"
+    top_k: int = Field(default=12, ge=1, le=MAX_PAGE)
+
+
+class MatchesIn(ContextIn):
+    seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] = Field(min_length=1, max_length=MAX_PAGE)
+    quantile: float = Field(default=0.98, gt=0.0, lt=1.0)
+    which: Literal["edited", "original"] = "edited"
+
+
+class PreviewIn(_Strict):
+    copy_: SelectionIn = Field(alias="copy")
+    paste: Optional[SelectionIn] = None
+
+
+class SaveIn(_Strict):
+    """Save an applied edit (`entry_id`, default the last one) or a draft (`edit`) under `name`."""
+
+    name: str = Field(max_length=200)
+    overwrite: bool = False
+    entry_id: Optional[int] = None
+    edit: Optional[EditIn] = None
+
+
+class ImportIn(_Strict):
+    """Store an edit file's JSON (read in the browser) under `name`."""
+
+    name: str = Field(max_length=200)
+    edit: dict[str, Any]
+    overwrite: bool = False
+
+
+class LoadIn(_Strict):
+    apply: bool = True  # push the edit (solving it if the file has no factors)
+
+
+# --- responses ------------------------------------------------------------------------------
+
+
+class LayerOut(BaseModel):
+    name: str
+    kind: str
+    key_size: int
+    value_shape: list[int]
+    key_resolution: int
+    resolution: int
+
+
+class InfoOut(BaseModel):
+    model: str
+    fingerprint: str
+    kind: str
+    resolution: int
+    layers: list[LayerOut]
+    default_layer: str
+    update: dict[str, Any]  # UpdateConfig defaults
+    stats: dict[str, Any]  # StatsConfig defaults
+    fire_quantile: float
+    max_page: int
+    edits_dir: str
+    session: str
+
+
+class GalleryImage(BaseModel):
+    seed: int
+    edited: str  # URL of the PNG from the current weights
+    original: str  # URL of the PNG from the unedited weights
+
+
+class GalleryOut(BaseModel):
+    state: str
+    seeds: list[int]
+    total: int
+    page: int
+    pages: int
+    images: list[GalleryImage]
+
+
+class JobOut(BaseModel):
+    id: int
+    kind: str
+    name: str
+    state: Literal["running", "done", "cancelled", "failed"]
+    phase: str
+    step: int
+    steps: int
+    losses: list[float]  # from index `since`
+    since: int
+    error: str
+    entry_id: Optional[int]
+    seconds: float
+
+
+class JobStatus(BaseModel):
+    job: Optional[JobOut]
+
+
+class EntryOut(BaseModel):
+    id: int
+    name: str
+    layer: str
+    rank: int
+    param_path: str
+    edit: Optional[dict[str, Any]]  # EditSpec JSON form (masks as data URLs)
+
+
+class HistoryOut(BaseModel):
+    state: str
+    entries: list[EntryOut]
+    undone: list[EntryOut]  # redo list, next redo first
+
+
+class SavedEditOut(BaseModel):
+    name: str
+    layer: str
+    model: str
+    has_factors: bool
+    compatible: bool
+    error: str
+    modified: float
+
+
+class SavedEditsOut(BaseModel):
+    edits_dir: str
+    edits: list[SavedEditOut]
+
+
+class SavedEditDetail(BaseModel):
+    name: str
+    has_factors: bool
+    edit: dict[str, Any]
+
+
+class LoadOut(BaseModel):
+    name: str
+    edit: dict[str, Any]
+    entry: Optional[EntryOut]  # pushed at once (the file had factors)
+    job: Optional[JobOut]  # started (the edit is being solved)
+
+
+class PreviewOut(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    copy_: str = Field(alias="copy")  # PNG data URL of the copied pixels (RGBA, cropped to the mask's box)
+    copy_box: list[int]  # (y0, y1, x0, x1) in image pixels
+    composite: Optional[str]  # PNG data URL of the paste image with the copy composited
+    paste_box: Optional[list[int]]
+
+
+class Match(BaseModel):
+    seed: int
+    score: float
+    url: str
+
+
+class SearchOut(BaseModel):
+    matches: list[Match]
+    searched: int
+
+
+class Overlay(BaseModel):
+    seed: int
+    image: str  # PNG data URL: the image dimmed outside the firing region, outlined in red
+    fraction: float  # share of the image's locations that fire
+
+
+class MatchesOut(BaseModel):
+    threshold: float
+    quantile: float
+    overlays: list[Overlay]
