@@ -21,7 +21,7 @@ class StatsConfig:
     """
 
     num_samples: int = 1000  # generated images whose keys (all locations) enter C
-    seed: int = 0  # seed of the latent stream used for statistics
+    stats_seed: int = 0  # seed of the latent stream used for statistics
     batch_size: int = 50  # images per forward pass (does not change the result)
     product_dtype: str = "float32"  # dtype of each batch's k^T k; the running sum is always float64
 
@@ -41,7 +41,8 @@ class UpdateConfig:
     lr: float = 0.05  # Adam learning rate (ref: 0.05)
     loss: str = "l1"  # "l1" (ref) or "l2"
     warm_start: bool = True  # start the optimisation from the closed form
-    tight_paste: bool = True  # loss only inside the pasted box (ref default)
+    tight_paste: bool = True  # goal loss only inside the pasted box (ref default)
+    preserve: float = 1.0  # weight of keeping the paste image unchanged outside the box (ref: 0)
     erase: bool = False  # erase variant: the goal zeroes the units that fire in the context
     erase_units: int = 30  # units zeroed by the erase variant (ref: 30 or 60)
     eig_floor: float = 1e-6  # relative floor on eigenvalues of C when whitening

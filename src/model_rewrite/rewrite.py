@@ -57,10 +57,21 @@ class SolveResult:
     cancelled: bool = False
 
 
-def _region_loss(pred: torch.Tensor, target: torch.Tensor, box: tuple[int, int, int, int], kind: str) -> torch.Tensor:
+def _box_mask(shape: tuple[int, int], box: tuple[int, int, int, int]) -> torch.Tensor:
+    inside = torch.zeros(shape, dtype=torch.bool)
     y0, y1, x0, x1 = box
-    p, t = pred[:, :, y0:y1, x0:x1], target[:, :, y0:y1, x0:x1]
-    return F.l1_loss(p, t) if kind == "l1" else F.mse_loss(p, t)
+    inside[y0:y1, x0:x1] = True
+    return inside
+
+
+def _goal_loss(pred: torch.Tensor, goal: Goal, inside: torch.Tensor, kind: str, preserve: float) -> torch.Tensor:
+    """Loss to the goal inside the box, plus `preserve` x loss to the unedited values outside it."""
+    err = (pred - goal.values).abs() if kind == "l1" else (pred - goal.values) ** 2
+    loss = err[..., inside].mean()
+    if preserve > 0 and not bool(inside.all()):
+        keep = (pred - goal.obs.values).abs() if kind == "l1" else (pred - goal.obs.values) ** 2
+        loss = loss + preserve * keep[..., ~inside].mean()
+    return loss
 
 
 def solve_update(
@@ -89,16 +100,20 @@ def solve_update(
 
     with torch.no_grad():
         design = linear_design(linear_change, dirs, tuple(w0.shape), spec.key_axis)  # (P, r*T)
-        y0, y1, x0, x1 = goal.box
-        hv, wv = goal.linear.shape[2:]
-        pos = torch.arange(hv * wv).reshape(hv, wv)[y0:y1, x0:x1].reshape(-1)
+        inside = _box_mask(tuple(goal.linear.shape[2:]), goal.box)
         residual = (goal.linear - goal.obs.linear).movedim(1, -1).reshape(-1, goal.linear.shape[1])
-        factor0 = lstsq_factor(design[pos], residual[pos], dirs.shape[0], tuple(w0.shape), spec.key_axis, config.ridge)
+        rows = inside.reshape(-1)
+        # inside rows fit the goal; outside rows (weighted by preserve, per-position like the loss) ask for no change
+        n_in, n_out = int(rows.sum()), int((~rows).sum())
+        scale = (config.preserve * n_in / max(n_out, 1)) ** 0.5
+        a = torch.cat([design[rows], scale * design[~rows]]) if scale > 0 else design[rows]
+        b = torch.cat([residual[rows], torch.zeros_like(residual[~rows])]) if scale > 0 else residual[rows]
+        factor0 = lstsq_factor(a, b, dirs.shape[0], tuple(w0.shape), spec.key_axis, config.ridge)
 
     def loss_fn(factor: torch.Tensor) -> torch.Tensor:
         weight = w0 + (factor.movedim(spec.key_axis, -1) @ dirs).movedim(-1, spec.key_axis)
         out = call_with_weight(block, spec.weight_path, weight, *goal.obs.args, **goal.obs.kwargs)
-        return _region_loss(out, goal.values, goal.box, config.loss)
+        return _goal_loss(out, goal, inside, config.loss, config.preserve)
 
     with torch.no_grad():
         cf_loss = float(loss_fn(factor0))
@@ -187,16 +202,16 @@ class Rewriter:
         if mem_key in self._stats:
             return self._stats[mem_key]
         key = {"fingerprint": self.info.fingerprint, "layer": spec.name, "num_samples": config.num_samples,
-               "seed": config.seed, "product_dtype": config.product_dtype, "what": "second_moment"}
+               "stats_seed": config.stats_seed, "product_dtype": config.product_dtype, "what": "second_moment"}
 
         def compute() -> tuple[dict[str, torch.Tensor], dict]:
             with self._unedited(spec):
                 s = collect_key_stats(self.model, spec, config, latent_shape=self.info.latent_shape, progress=progress)
             return {"moment": s.moment}, {"count": s.count}
 
-        tensors, meta = self.store.get_or_compute("stats", f"{self.info.model_id.replace('/', '_')[-40:]}-{spec.name}-n{config.num_samples}-s{config.seed}",
+        tensors, meta = self.store.get_or_compute("stats", f"{self.info.model_id.replace('/', '_')[-40:]}-{spec.name}-n{config.num_samples}-s{config.stats_seed}",
                                                   key, compute)
-        stats = KeyStats(spec.name, tensors["moment"], int(meta["count"]), config.num_samples, config.seed)
+        stats = KeyStats(spec.name, tensors["moment"], int(meta["count"]), config.num_samples, config.stats_seed)
         self._stats[mem_key] = stats
         return stats
 

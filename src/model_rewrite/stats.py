@@ -83,7 +83,7 @@ def collect_key_stats(
     done = 0
     device = next(model.parameters()).device
     with torch.no_grad():
-        for z in latent_stream(config.seed, config.num_samples, latent_shape, config.batch_size):
+        for z in latent_stream(config.stats_seed, config.num_samples, latent_shape, config.batch_size):
             rows = rows_from_map(run_until(model, spec.weight_module, z.to(device), record_output=False).input)
             if acc is None:
                 acc = SecondMoment(rows.shape[1], rows.device, getattr(torch, config.product_dtype))
@@ -92,4 +92,4 @@ def collect_key_stats(
             if progress is not None:
                 progress(done, config.num_samples)
     assert acc is not None
-    return KeyStats(spec.name, acc.moment().cpu(), acc.count, config.num_samples, config.seed)
+    return KeyStats(spec.name, acc.moment().cpu(), acc.count, config.num_samples, config.stats_seed)

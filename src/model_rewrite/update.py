@@ -98,10 +98,10 @@ def lstsq_factor(
     design: (P, r*T); residual: (P, C_out) -> factor shaped like the weight with key axis r.
     `ridge` is relative to the mean diagonal of design^T design.
     """
-    a = design.to(torch.float64)
+    a = design.detach().to(torch.float64)
     gram = a.T @ a
     lam = ridge * float(gram.diagonal().mean().clamp_min(1e-12))
-    x = torch.linalg.solve(gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype), a.T @ residual.to(torch.float64))
+    x = torch.linalg.solve(gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype), a.T @ residual.detach().to(torch.float64))
     out_axis = 1 - key_axis
     tap_shape = weight_shape[2:]
     factor = x.T.reshape(weight_shape[out_axis], r, *tap_shape)  # (C_out, r, *taps)
@@ -128,7 +128,7 @@ def optimize_factor(
     for step in range(steps + 1):
         opt.zero_grad(set_to_none=True)
         loss = loss_fn(factor)
-        value = float(loss)
+        value = float(loss.detach())
         losses.append(value)
         if value < best_loss:
             best_loss, best = value, factor.detach().clone()

@@ -124,6 +124,21 @@ def load_exported(path: Path) -> tuple[nn.Module, dict]:
     info = json.loads(meta["model_rewrite"])
     arch = dict(info.get("architecture", {}))
     kind = arch.pop("kind", None)
+    # --- begin issue 4: exported StyleGAN2 / ProGAN files (built by models/stylegan2.py, models/progan.py) ---
+    if kind in ("stylegan2", "progan"):
+        from .progan import ProGANGenerator
+        from .stylegan2 import StyleGAN2Generator
+
+        try:
+            other = (StyleGAN2Generator if kind == "stylegan2" else ProGANGenerator)(**arch)
+        except TypeError as exc:
+            raise ModelLoadError(f"{path}: architecture {arch} does not fit a {kind} generator ({exc})") from None
+        _load_strict(other, sd, path)
+        return other.eval(), info
+    if kind == "adapter":
+        raise ModelLoadError(f"{path} holds the weights of an adapted custom generator: rebuild your module and "
+                             "load them with safetensors.torch.load_file (see docs/models.md)")
+    # --- end issue 4 ---
     if kind != "dcgan":
         raise ModelLoadError(f"{path}: unsupported architecture kind {kind!r}")
     model = DCGANGenerator(**arch)
@@ -135,6 +150,8 @@ def load_generator(model: str | Path = DEFAULT_MODEL, device: str | torch.device
     """Load a generator by name (`"faces"`, `"tiny"`) or path, in eval mode, with its ModelInfo.
 
     Paths may be our exported `.safetensors` files or DCGAN torch checkpoints (`netG_state_dict`).
+    Other architectures (docs/models.md): `stylegan2:PATH` (a rosinality `.pt`, or an NVIDIA `.pkl`),
+    `nvidia:PATH` or a bare `*.pkl` (NVIDIA StyleGAN2-ADA / StyleGAN3-repo pickles), `progan:PATH`.
     """
     name = str(model)
     if name in ("faces", "dcgan-face64"):
@@ -144,6 +161,20 @@ def load_generator(model: str | Path = DEFAULT_MODEL, device: str | torch.device
         name = "faces"
     elif name == "tiny":
         net, source = tiny_generator(0), "seeded random weights (seed 0)"
+    # --- begin issue 4: prefixed paths of other architectures (see docs/models.md) ---
+    elif name.startswith("progan:"):
+        from .progan import load_progan_checkpoint
+
+        net, source = load_progan_checkpoint(name.removeprefix("progan:"))
+    elif name.startswith("nvidia:"):
+        from .nvidia_pickle import load_nvidia_pickle
+
+        net, source = load_nvidia_pickle(name.removeprefix("nvidia:"))
+    elif name.startswith("stylegan2:") or name.endswith(".pkl"):
+        from .stylegan2 import load_stylegan2
+
+        net, source = load_stylegan2(name.removeprefix("stylegan2:"))
+    # --- end issue 4 ---
     else:
         path = Path(name)
         if not path.exists():

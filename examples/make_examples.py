@@ -1,0 +1,93 @@
+"""Write the example edits for the default face model: masks (PNG) painted as ellipses on real samples,
+and the edit files that use them.
+
+The ellipse centres and radii were read off enlarged samples (`model-rewrite sample --seeds ... --scale 5`).
+Run:  python examples/make_examples.py [--layer-override LAYER --out DIR]
+Then: model-rewrite apply examples/<name>/edit.json --out examples/<name>/result
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from model_rewrite import Selection, UpdateConfig, save_edit
+from model_rewrite.cache import atomic_write_bytes
+from model_rewrite.masks import png_bytes_from_mask
+from model_rewrite.rewrite import Rewriter
+
+HERE = Path(__file__).resolve().parent
+
+
+def ellipses(*shapes: tuple[float, float, float, float], size: int = 64) -> torch.Tensor:
+    """A (size, size) mask: the union of ellipses (cy, cx, ry, rx) in pixel units, edges softened."""
+    y, x = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
+    mask = torch.zeros(size, size)
+    for cy, cx, ry, rx in shapes:
+        r = ((y - cy) / ry) ** 2 + ((x - cx) / rx) ** 2
+        mask = torch.maximum(mask, (1.5 - r).clamp(0, 1) * (r <= 1.5))
+    return mask.clamp(0, 1)
+
+
+# name -> layer, context [(seed, ellipses)], copy (seed, ellipses) or None, paste (seed, ellipses), update, note
+EXAMPLES = {
+    "add-mustache": dict(
+        layer="b16",
+        context=[(1, [(42, 32, 2.5, 8)]), (9, [(42, 32, 2.5, 8)]), (17, [(41, 34, 2.5, 8)]), (44, [(39, 34, 2.5, 8)])],
+        copy=(41, [(41, 30, 3, 10)]),
+        paste=(1, [(42, 32, 3, 10)]),
+        update=UpdateConfig(),
+        note="Copy the mustache of seed 41 onto the upper lip of seed 1; the context is the clean upper lip of four faces.",
+    ),
+    "add-glasses": dict(
+        layer="b16",
+        context=[(1, [(30, 22, 3, 6), (30, 42, 3, 6)]), (3, [(28, 24, 3, 6), (28, 42, 3, 6)]), (27, [(27, 24, 3, 6), (27, 42, 3, 6)])],
+        copy=(35, [(33, 32, 7, 20)]),
+        paste=(1, [(30, 32, 5, 18)]),
+        update=UpdateConfig(),
+        note="Copy the thick glasses of seed 35 onto the eyes of seed 1; the context is the eyes of three faces without glasses.",
+    ),
+    "remove-glasses": dict(
+        layer="b16",
+        context=[(35, [(33, 32, 7, 20)]), (31, [(31, 30, 6, 20)]), (53, [(33, 32, 6, 20)])],
+        copy=None,
+        paste=(35, [(33, 32, 7, 20)]),
+        update=UpdateConfig(erase=True),
+        note="Erase: zero the key units most specific to glasses (seeds 35, 31, 53) inside the glasses of seed 35.",
+    ),
+}
+
+
+def build(name: str, rw: Rewriter, out: Path, layer: str | None = None) -> Path:
+    ex = EXAMPLES[name]
+    folder = out / name
+    masks = folder / "masks"
+
+    def sel(seed: int, shapes: list, role: str) -> Selection:
+        mask = ellipses(*shapes)
+        atomic_write_bytes(masks / f"{role}-seed{seed}.png", png_bytes_from_mask(mask))
+        return Selection(seed, mask)
+
+    context = [sel(s, e, f"context{i}") for i, (s, e) in enumerate(ex["context"])]
+    copy = sel(*ex["copy"], "copy") if ex["copy"] else None
+    paste = sel(*ex["paste"], "paste")
+    spec = rw.new_edit(layer or ex["layer"], paste, copy, context, ex["update"], name=name)
+    spec = type(spec)(**{**spec.__dict__, "note": ex["note"]})
+    return save_edit(folder / "edit.json", spec)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", default=str(HERE))
+    parser.add_argument("--layer-override", default=None)
+    parser.add_argument("names", nargs="*", default=list(EXAMPLES))
+    args = parser.parse_args()
+    rw = Rewriter("faces")
+    for name in args.names:
+        print(build(name, rw, Path(args.out), args.layer_override))
+
+
+if __name__ == "__main__":
+    main()

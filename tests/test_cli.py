@@ -1,0 +1,87 @@
+"""The command line on the tiny model: every subcommand, its help, and one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from model_rewrite import Rewriter, Selection, UpdateConfig, save_edit
+from model_rewrite.cli import main
+from conftest import box_mask
+
+SUBCOMMANDS = ["layers", "sample", "stats", "apply", "search", "export", "serve"]
+
+
+@pytest.mark.parametrize("sub", SUBCOMMANDS)
+def test_every_subcommand_has_help(sub, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([sub, "--help"])
+    assert exc.value.code == 0
+    assert "usage: model-rewrite " + sub in capsys.readouterr().out
+
+
+@pytest.fixture
+def edit_file(tmp_path):
+    rw = Rewriter("tiny", cache_dir=tmp_path / "cache")
+    m = box_mask(32, 12, 20, 12, 20)
+    spec = rw.new_edit("b16", paste=Selection(3, m), copy=Selection(1, m), context=[Selection(3, m), Selection(4, m)],
+                       update=UpdateConfig(steps=20), name="tiny-edit")
+    return save_edit(tmp_path / "edit.json", spec)
+
+
+def test_apply_writes_weights_grid_and_report(tmp_path, edit_file, capsys):
+    out = tmp_path / "out"
+    rc = main(["apply", str(edit_file), "--model", "tiny", "--out", str(out), "--samples", "8", "--quiet", "--cache-dir", str(tmp_path / "c")])
+    assert rc == 0
+    report = json.loads((out / "report.json").read_text())
+    for key in ("inside_change", "outside_change", "ratio"):
+        assert isinstance(report[key], float)
+    assert report["heldout_seeds"] == list(range(1000, 1008))
+    assert (out / "grid.png").stat().st_size > 0 and (out / "model.safetensors").exists()
+    assert (out / "edit.json").exists() and (out / "edit.safetensors").exists()
+    # the exported weights reproduce the edited images
+    rw = Rewriter(str(out / "model.safetensors"))
+    rw2 = Rewriter("tiny", cache_dir=tmp_path / "c")
+    from model_rewrite import load_edit
+
+    spec, delta = load_edit(out / "edit.json")
+    rw2.apply(spec, delta)
+    import torch
+
+    assert torch.equal(rw.sample([1000, 1001]), rw2.sample([1000, 1001]))
+    # re-applying the written edit reuses its factors (no solve) and gives the same report numbers
+    rc = main(["apply", str(out / "edit.json"), "--model", "tiny", "--out", str(tmp_path / "again"), "--samples", "8", "--quiet",
+               "--cache-dir", str(tmp_path / "c")])
+    again = json.loads((tmp_path / "again" / "report.json").read_text())
+    assert rc == 0 and again["edits"][0].get("reused_factors") and again["ratio"] == report["ratio"]
+
+
+def test_layers_sample_stats_search_export(tmp_path, edit_file, capsys):
+    c = ["--cache-dir", str(tmp_path / "c"), "--model", "tiny"]
+    assert main(["layers", *c, "--json"]) == 0
+    layers = json.loads(capsys.readouterr().out)
+    assert [l["name"] for l in layers] == ["b4", "b8", "b16", "b32"]
+    assert main(["sample", *c, "--samples", "4", "--out", str(tmp_path / "s.png")]) == 0
+    assert main(["stats", *c, "--layer", "b16", "--num-samples", "10", "--quiet"]) == 0
+    assert main(["search", str(edit_file), *c, "--samples", "12", "--top", "4", "--out", str(tmp_path / "search"), "--quiet"]) == 0
+    ranking = json.loads((tmp_path / "search" / "matches.json").read_text())["ranking"]
+    assert len(ranking) == 12 and ranking[0]["score"] >= ranking[-1]["score"]
+    assert main(["export", str(edit_file), *c, "--out", str(tmp_path / "m.safetensors")]) == 0
+    assert "max difference 0.00e+00" in capsys.readouterr().out
+
+
+def test_errors_are_one_line_with_nonzero_exit(tmp_path, edit_file):
+    def run(*args):
+        p = subprocess.run([sys.executable, "-m", "model_rewrite.cli", *args], capture_output=True, text=True)
+        return p.returncode, p.stderr.strip()
+
+    rc, err = run("layers", "--model", "nope")
+    assert rc == 2 and err.startswith("error: unknown model") and "\n" not in err
+    rc, err = run("apply", str(edit_file), "--model", "faces", "--out", str(tmp_path / "x"), "--quiet")
+    assert rc == 2 and "fingerprint" in err and "\n" not in err
+    (tmp_path / "broken.json").write_text("{")
+    rc, err = run("apply", str(tmp_path / "broken.json"), "--model", "tiny", "--out", str(tmp_path / "y"))
+    assert rc == 2 and "not valid JSON" in err
+    rc, err = run("apply", str(edit_file), "--model", "tiny", "--out", str(tmp_path / "z"), "--method", "magic", "--quiet")
+    assert rc == 2 and "method must be one of" in err
