@@ -370,8 +370,7 @@ class EditSession:
                 job.state = "cancelled"
             else:
                 job.phase = "applying"
-                if not job.losses:
-                    job.losses.append(result.goal_loss)
+                job.losses = list(result.losses) or [result.goal_loss]  # the full curve (same prefix)
                 entry = self.rw.stack.push(result.delta, spec.name, spec)
                 job.entry_id = entry.id
                 job.state = "done"

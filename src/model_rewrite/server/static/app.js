@@ -661,7 +661,9 @@ function describeLayer() {
   const l = app.info.layers.find((x) => x.name === $("#layer").value);
   if (!l) return;
   $("#layer-desc").textContent = `keys ${l.key_resolution}×${l.key_resolution}×${l.key_size} → values ` +
-    `${l.value_shape.slice(1).join("×")}×${l.value_shape[0]} (${l.kind})`;
+    `${l.value_shape.slice(1).join("×")}×${l.value_shape[0]}`;
+  $("#layer-desc").title = `${l.kind}: key grid ${l.key_resolution}×${l.key_resolution} of ${l.key_size} channels, ` +
+    `value grid ${l.resolution}×${l.resolution} of ${l.value_shape[0]} channels`;
 }
 
 async function init() {
@@ -689,6 +691,7 @@ async function init() {
   document.body.dataset.tool = app.tool;
   $("#brush").addEventListener("input", () => { $("#brush-out").textContent = $("#brush").value; });
   $("#clear").addEventListener("click", clearTool);
+  $("#show-regions").addEventListener("change", () => document.body.classList.toggle("hide-regions", !$("#show-regions").checked));
   $("#zoom").addEventListener("input", () => document.documentElement.style.setProperty("--cell", `${$("#zoom").value}px`));
   $$("input[name=view]").forEach((r) => r.addEventListener("change", () => setView(r.value)));
   $("#seeds").addEventListener("change", () => { app.page = 0; loadGallery(); });
@@ -710,6 +713,7 @@ async function init() {
   document.addEventListener("keydown", (e) => {
     if (e.target.matches("input, select, textarea")) return;
     if (e.key === "t") setView(app.view === "edited" ? "original" : "edited");
+    if (e.key === "h") $("#show-regions").click();
   });
 
   await Promise.all([loadGallery(), refreshHistory(), refreshSaved()]);

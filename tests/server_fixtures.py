@@ -1,0 +1,68 @@
+"""Shared helpers of the web-app tests: a live `serve()` process on a free port, masks and PNG decoding."""
+
+from __future__ import annotations
+
+import io
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+def box_mask(res: int, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
+    """A hard rectangular mask (res, res) with ones in [y0:y1, x0:x1]."""
+    m = torch.zeros(res, res)
+    m[y0:y1, x0:x1] = 1.0
+    return m
+
+
+def image_from_png(data: bytes) -> np.ndarray:
+    """(H, W, C) uint8 of PNG bytes."""
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+@contextmanager
+def live_server(model: str, cache_dir: Path, edits_dir: Path, layer: str | None = None,
+                timeout_s: float = 120.0) -> Iterator[str]:
+    """Run `model_rewrite.server.app.serve` in a child process on a free port; yield its URL."""
+    code = ("import sys; from model_rewrite.server.app import serve; "
+            f"serve({model!r}, {layer!r}, '127.0.0.1', 0, {str(cache_dir)!r}, 'cpu', edits_dir={str(edits_dir)!r})")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
+    err: list[str] = []
+    threading.Thread(target=lambda: [err.append(line) for line in proc.stderr], daemon=True).start()  # type: ignore[union-attr]
+    try:
+        deadline = time.monotonic() + timeout_s
+        url = ""
+        while not url.startswith("http://"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start (exit {proc.poll()}): {''.join(err)[-3000:]}")
+            try:
+                url = lines.get(timeout=0.2).strip()
+            except queue.Empty:
+                pass
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
