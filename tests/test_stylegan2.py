@@ -226,6 +226,17 @@ def test_export_and_reload_keep_weights_and_sampling_settings(tmp_path, checkpoi
         assert torch.equal(net(z), again(z))
 
 
+def test_sampling_options_in_the_model_name(checkpoint, fixture):
+    sd, latent_avg = fixture
+    net, info = load_generator(f"stylegan2:{checkpoint}?truncation_psi=0.6&noise_mode=none&truncation_cutoff=none")
+    assert (net.truncation_psi, net.noise_mode, net.truncation_cutoff) == (0.6, "none", None)
+    assert info.fingerprint != load_generator(f"stylegan2:{checkpoint}")[1].fingerprint
+    with pytest.raises(ModelLoadError, match="unknown model option 'psi=0.5'"):
+        load_generator(f"stylegan2:{checkpoint}?psi=0.5")
+    with pytest.raises(ModelLoadError, match="bad model option"):
+        load_generator(f"stylegan2:{checkpoint}?noise_mode=fresh")
+
+
 def test_sampling_settings_are_part_of_the_fingerprint(model):
     base = fingerprint_model(model)
     model.truncation_psi = 0.5

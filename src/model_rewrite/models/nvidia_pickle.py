@@ -332,13 +332,14 @@ def state_dict_from_nvidia(sd: dict[str, torch.Tensor], model: Any) -> dict[str,
 def load_nvidia_pickle(path: str | Path) -> tuple[Any, str]:
     """A StyleGAN2Generator (eval mode, fp32, noise_mode 'const', no truncation) from the `G_ema` of an
     NVIDIA StyleGAN2-ADA or StyleGAN3-repo (--cfg=stylegan2) network pickle, and a description of its
-    source. Executes nothing from the file."""
+    source. `path` may end in sampling options (`PATH?truncation_psi=0.5`). Executes nothing from the file."""
     from . import _load_strict
-    from .stylegan2 import StyleGAN2Generator
+    from .stylegan2 import StyleGAN2Generator, apply_sampling_options, split_sampling_options
 
-    path = Path(path)
+    path, options = split_sampling_options(path)
     g = generator_record(read_network_pickle(path), str(path))
     model = StyleGAN2Generator(**stylegan2_arguments(g, str(path)))
     sd = {k: v.float() if v.is_floating_point() else v for k, v in state_dict_from_record(g).items()}
     _load_strict(model, state_dict_from_nvidia(sd, model), path)
+    apply_sampling_options(model, options)
     return model.eval(), f"NVIDIA network pickle {path.resolve()} (G_ema)"

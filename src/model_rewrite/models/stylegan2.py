@@ -586,13 +586,53 @@ def stylegan2_from_rosinality(ckpt: Any, source: str) -> StyleGAN2Generator:
     return model.eval()
 
 
-def load_stylegan2(path: str | Path) -> tuple[StyleGAN2Generator, str]:
+SAMPLING_OPTIONS = ("truncation_psi", "truncation_cutoff", "noise_mode")
+
+
+def split_sampling_options(spec: str | Path) -> tuple[Path, dict[str, str]]:
+    """`PATH?truncation_psi=0.5&noise_mode=const` -> (PATH, {"truncation_psi": "0.5", ...}).
+
+    The options are the model's sampling settings (SAMPLING_OPTIONS); a PATH that exists as given is
+    never split."""
+    text = str(spec)
+    if "?" not in text or Path(text).exists():
+        return Path(text), {}
+    path, _, query = text.partition("?")
+    options: dict[str, str] = {}
+    for item in filter(None, query.split("&")):
+        key, eq, value = item.partition("=")
+        if key not in SAMPLING_OPTIONS or not eq:
+            raise ModelLoadError(f"unknown model option {item!r} in {text!r}; use PATH?name=value&... with names "
+                                 f"{list(SAMPLING_OPTIONS)}")
+        options[key] = value
+    return Path(path), options
+
+
+def apply_sampling_options(model: StyleGAN2Generator, options: dict[str, str]) -> None:
+    """Set the sampling settings named in `options` (string values, as parsed from a model name)."""
+    try:
+        if "truncation_psi" in options:
+            model.truncation_psi = float(options["truncation_psi"])
+        if "truncation_cutoff" in options:
+            cutoff = options["truncation_cutoff"]
+            model.truncation_cutoff = None if cutoff.lower() in ("", "none") else int(cutoff)
+        if "noise_mode" in options:
+            model.noise_mode = options["noise_mode"]
+    except ValueError as exc:
+        raise ModelLoadError(f"bad model option: {exc}") from None
+
+
+def load_stylegan2(spec: str | Path) -> tuple[StyleGAN2Generator, str]:
     """A StyleGAN2 from a rosinality `.pt` checkpoint or (for `.pkl`) an NVIDIA network pickle, and a
-    description of its source. Nothing in either file is executed."""
-    path = Path(path)
+    description of its source. `spec` may end in sampling options: `PATH?truncation_psi=0.5`.
+    Nothing in either file is executed."""
+    path, options = split_sampling_options(spec)
     if path.suffix == ".pkl":
         from .nvidia_pickle import load_nvidia_pickle
 
-        return load_nvidia_pickle(path)
-    model = stylegan2_from_rosinality(read_torch_checkpoint(path), str(path))
-    return model, f"rosinality StyleGAN2 checkpoint {path.resolve()} (g_ema)"
+        model, source = load_nvidia_pickle(path)
+    else:
+        model = stylegan2_from_rosinality(read_torch_checkpoint(path), str(path))
+        source = f"rosinality StyleGAN2 checkpoint {path.resolve()} (g_ema)"
+    apply_sampling_options(model, options)
+    return model, source
