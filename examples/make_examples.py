@@ -34,7 +34,7 @@ def ellipses(*shapes: tuple[float, float, float, float], size: int = 64) -> torc
 # name -> layer, context [(seed, ellipses)], copy (seed, ellipses) or None, paste (seed, ellipses), update, note
 EXAMPLES = {
     "add-mustache": dict(
-        layer="b16",
+        layer="b32",
         context=[(1, [(42, 32, 2.5, 8)]), (9, [(42, 32, 2.5, 8)]), (17, [(41, 34, 2.5, 8)]), (44, [(39, 34, 2.5, 8)])],
         copy=(41, [(41, 30, 3, 10)]),
         paste=(1, [(42, 32, 3, 10)]),
@@ -42,7 +42,7 @@ EXAMPLES = {
         note="Copy the mustache of seed 41 onto the upper lip of seed 1; the context is the clean upper lip of four faces.",
     ),
     "add-glasses": dict(
-        layer="b16",
+        layer="b32",
         context=[(1, [(30, 22, 3, 6), (30, 42, 3, 6)]), (3, [(28, 24, 3, 6), (28, 42, 3, 6)]), (27, [(27, 24, 3, 6), (27, 42, 3, 6)])],
         copy=(35, [(33, 32, 7, 20)]),
         paste=(1, [(30, 32, 5, 18)]),
@@ -50,7 +50,7 @@ EXAMPLES = {
         note="Copy the thick glasses of seed 35 onto the eyes of seed 1; the context is the eyes of three faces without glasses.",
     ),
     "remove-glasses": dict(
-        layer="b16",
+        layer="b32",
         context=[(35, [(33, 32, 7, 20)]), (31, [(31, 30, 6, 20)]), (53, [(33, 32, 6, 20)])],
         copy=None,
         paste=(35, [(33, 32, 7, 20)]),

@@ -161,8 +161,6 @@ def _solve_with_progress(rw: Any, spec: Any, quiet: bool):
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    import torch
-
     from .edits import save_edit
     from .export import export_model
     from .render import image_grid, overlay, save_png, to_uint8
@@ -210,13 +208,11 @@ def cmd_apply(args: argparse.Namespace) -> int:
         reports.append(info)
         stem = path.stem if len(paths) > 1 else "edit"
         save_edit(out / f"{stem}.json", spec, delta)
-        rows = [overlay(to_uint8(edit_before), regions), to_uint8(after)]
+        rows = [to_uint8(edit_before), overlay(to_uint8(edit_before), regions), to_uint8(after)]  # before, where it fires, after
         save_png(image_grid(rows, scale=args.scale), out / (f"{stem}-grid.png" if len(paths) > 1 else "grid.png"))
-    total_regions = None
     summary = {"model": rw.info.model_id, "fingerprint": rw.info.fingerprint, "heldout_seeds": seeds, "edits": reports}
     if reports:
         summary.update({k: reports[-1][k] for k in ("inside_change", "outside_change", "ratio")})
-    del total_regions
     weights = export_model(rw.model, rw.info, out / "model.safetensors", [r["edit"] for r in reports])
     summary["all_edits_mean_change"] = float((rw.sample(seeds) - before).abs().mean())
     atomic_write_bytes(out / "report.json", json.dumps(summary, indent=1).encode())
@@ -224,7 +220,6 @@ def cmd_apply(args: argparse.Namespace) -> int:
         print(f"{r['edit']}: layer {r['layer']}, inside change {r['inside_change']:.4f}, outside {r['outside_change']:.4f}, "
               f"ratio {r['ratio']:.2f} ({r['seconds']:.2f}s)")
     print(f"wrote {out}/grid.png, {out}/report.json and the edited weights {weights}")
-    _ = torch
     return 0
 
 
