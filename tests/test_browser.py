@@ -7,12 +7,9 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-
 from server_fixtures import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, image_from_png, live_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -107,7 +104,7 @@ def wait_gallery_state(pg, pattern: str) -> str:
 
 def test_paint_execute_toggle_undo_save_reload_load_export(page, server, tmp_path):
     pg = page
-    url, edits_dir = server
+    edits_dir = server[1]
     # 16 images a page on seeds 0-15
     pg.select_option("#per-page", "16")
     pg.wait_for_function("() => document.querySelectorAll('#gallery .card').length === 16")
@@ -229,8 +226,8 @@ def test_paint_execute_toggle_undo_save_reload_load_export(page, server, tmp_pat
         pg.click("#export")
     path = tmp_path / "exported.safetensors"
     dl.value.save_as(path)
-    from model_rewrite.models import load_generator
     from model_rewrite.latents import latents_from_seeds
+    from model_rewrite.models import load_generator
     from model_rewrite.render import generate, to_uint8
 
     model, info = load_generator(str(path))

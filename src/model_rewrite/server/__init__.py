@@ -9,7 +9,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {"create_app": "app", "serve": "app", "EditSession": "session"}
-__all__ = sorted(_EXPORTS)
+__all__ = ["EditSession", "create_app", "serve"]
 
 
 def __getattr__(name: str) -> Any:

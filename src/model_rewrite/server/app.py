@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -15,7 +15,7 @@ from fastapi.staticfiles import StaticFiles
 from .. import __version__
 from ..config import RenderConfig, StatsConfig, UpdateConfig, config_to_dict
 from ..edits import EDIT_FORMAT, EDIT_VERSION, EditSpec, StackEntry, selection_from_dict
-from ..errors import IncompatibleEdit, RewriteError
+from ..errors import IncompatibleEdit, InvalidEdit, RewriteError
 from ..rewrite import Rewriter
 from ..targets import Selection
 from . import schemas as S
@@ -91,7 +91,10 @@ def _spec_from_input(session: EditSession, edit: S.EditIn) -> EditSpec:
     data = edit.model_dump(by_alias=True)
     data.update(format=EDIT_FORMAT, version=EDIT_VERSION, model=session.rw.info.model_id,
                 fingerprint=session.rw.info.fingerprint)
-    return session.check_edit(EditSpec.from_dict(data))
+    spec = session.check_edit(EditSpec.from_dict(data))
+    if spec.copy is None and not spec.update.erase:  # files may omit copy (erase); the page must say so
+        raise InvalidEdit("paint a copy region, or turn on erase mode to remove what the context shows")
+    return spec
 
 
 def _entry_out(entry: StackEntry) -> S.EntryOut:
@@ -277,10 +280,10 @@ def create_app(session: EditSession) -> FastAPI:
         return FileResponse(path, media_type="application/json", filename=path.name)
 
     @app.post("/api/edits/{name}/load", response_model=S.LoadOut)
-    def load(name: str, body: S.LoadIn = S.LoadIn()) -> S.LoadOut:
+    def load(name: str, body: S.LoadIn | None = None) -> S.LoadOut:
         """Read a saved edit for the page and (by default) apply it: at once with its factors, else
         as a job."""
-        spec, entry, job = session.load(name, apply=body.apply)
+        spec, entry, job = session.load(name, apply=body.apply if body is not None else True)
         return S.LoadOut(name=session.edit_path(name).stem, edit=spec.to_dict(),
                          entry=_entry_out(entry) if entry is not None else None,
                          job=_job_out(job) if job is not None else None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
@@ -47,7 +47,7 @@ class EditIn(_Strict):
 
     layer: str
     paste: SelectionIn
-    copy_: Optional[SelectionIn] = Field(default=None, alias="copy")  # "copy" would shadow BaseModel.copy
+    copy_: SelectionIn | None = Field(default=None, alias="copy")  # "copy" would shadow BaseModel.copy
     context: list[SelectionIn] = Field(default_factory=list, max_length=MAX_CONTEXT)
     update: UpdateConfigIn = Field(default_factory=UpdateConfigIn)  # type: ignore[valid-type]
     stats: StatsConfigIn = Field(default_factory=StatsConfigIn)  # type: ignore[valid-type]
@@ -76,7 +76,7 @@ class MatchesIn(ContextIn):
 
 class PreviewIn(_Strict):
     copy_: SelectionIn = Field(alias="copy")
-    paste: Optional[SelectionIn] = None
+    paste: SelectionIn | None = None
 
 
 class SaveIn(_Strict):
@@ -84,8 +84,8 @@ class SaveIn(_Strict):
 
     name: str = Field(max_length=200)
     overwrite: bool = False
-    entry_id: Optional[int] = None
-    edit: Optional[EditIn] = None
+    entry_id: int | None = None
+    edit: EditIn | None = None
 
 
 class ImportIn(_Strict):
@@ -153,12 +153,12 @@ class JobOut(BaseModel):
     losses: list[float]  # from index `since`
     since: int
     error: str
-    entry_id: Optional[int]
+    entry_id: int | None
     seconds: float
 
 
 class JobStatus(BaseModel):
-    job: Optional[JobOut]
+    job: JobOut | None
 
 
 class EntryOut(BaseModel):
@@ -167,7 +167,7 @@ class EntryOut(BaseModel):
     layer: str
     rank: int
     param_path: str
-    edit: Optional[dict[str, Any]]  # EditSpec JSON form (masks as data URLs)
+    edit: dict[str, Any] | None  # EditSpec JSON form (masks as data URLs)
 
 
 class HistoryOut(BaseModel):
@@ -200,8 +200,8 @@ class SavedEditDetail(BaseModel):
 class LoadOut(BaseModel):
     name: str
     edit: dict[str, Any]
-    entry: Optional[EntryOut]  # pushed at once (the file had factors)
-    job: Optional[JobOut]  # started (the edit is being solved)
+    entry: EntryOut | None  # pushed at once (the file had factors)
+    job: JobOut | None  # started (the edit is being solved)
 
 
 class PreviewOut(BaseModel):
@@ -209,8 +209,8 @@ class PreviewOut(BaseModel):
 
     copy_: str = Field(alias="copy")  # PNG data URL of the copied pixels (RGBA, cropped to the mask's box)
     copy_box: list[int]  # (y0, y1, x0, x1) in image pixels
-    composite: Optional[str]  # PNG data URL of the paste image with the copy composited
-    paste_box: Optional[list[int]]
+    composite: str | None  # PNG data URL of the paste image with the copy composited
+    paste_box: list[int] | None
 
 
 class Match(BaseModel):

@@ -10,10 +10,10 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -76,7 +76,7 @@ def seeds_from_text(text: str, limit: int = MAX_SEED_LIST) -> list[int]:
 
 def check_save_name(name: str) -> str:
     """A safe edit-file stem: letters, digits, '_', '-', '.'; no path separators and no '..'."""
-    stem = name[:-5] if name.endswith(".json") else name
+    stem = name.removesuffix(".json")
     if "/" in stem or "\\" in stem or ".." in stem or not _NAME_RE.match(stem):
         raise InvalidEdit(
             f"invalid edit name {name!r}: use 1-80 letters, digits, '_', '-' or '.', starting with a letter "
@@ -269,8 +269,6 @@ class EditSession:
             self.check_selection(spec.copy, "copy")
         for i, s in enumerate(spec.context):
             self.check_selection(s, f"context[{i}]")
-        if spec.copy is None and not spec.update.erase:
-            raise InvalidEdit("paint a copy region, or turn on erase mode to remove what the context shows")
         return spec
 
     def preview(self, copy: Selection, paste: Selection | None) -> dict:

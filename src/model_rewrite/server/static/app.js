@@ -504,6 +504,7 @@ function drawJob(j) {
   $("#job-status").textContent = `${status}${last}`;
   $("#job-status").dataset.state = j.state;
   const c = $("#loss");
+  c.hidden = false;
   const ctx = c.getContext("2d");
   ctx.clearRect(0, 0, c.width, c.height);
   const ls = j.losses;
@@ -719,6 +720,7 @@ async function init() {
   await Promise.all([loadGallery(), refreshHistory(), refreshSaved()]);
   const status = await api("GET", "/api/job").catch(() => null);
   if (status && status.job && status.job.state === "running") followJob(status.job);
+  else if (status && status.job) drawJob(status.job);
   document.body.dataset.ready = "1";
   say("paint a copy region, a paste location and (optionally) context, then Execute");
 }

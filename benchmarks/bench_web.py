@@ -1,0 +1,139 @@
+"""Benchmark: the web app on the default face model, over real HTTP against a live `serve()` process.
+
+Measures (targets from issue 3): Execute -> an updated 16-image gallery (< 3 s) and rendering a 32-image
+gallery page (< 1 s), each as the page does it: the JSON call, then every image's PNG.
+Writes benchmarks/results/web.json. Run: .venv/bin/python benchmarks/bench_web.py [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import queue
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import torch
+
+from model_rewrite.masks import data_url_from_mask
+
+OUT = Path(__file__).parent / "results" / "web.json"
+RES = 64
+
+
+def _box(y0: int, y1: int, x0: int, x1: int) -> str:
+    m = torch.zeros(RES, RES)
+    m[y0:y1, x0:x1] = 1.0
+    return data_url_from_mask(m)
+
+
+EDIT = {  # the browser test's edit: an eye of seed 0 pasted on the cheek of seed 1, cheeks of seeds 1 and 2 as context
+    "layer": "b32", "name": "bench", "copy": {"seed": 0, "mask": _box(22, 34, 34, 50)},
+    "paste": {"seed": 1, "mask": _box(36, 48, 12, 28)},
+    "context": [{"seed": 1, "mask": _box(36, 48, 12, 28)}, {"seed": 2, "mask": _box(36, 48, 12, 28)}],
+}
+
+
+def _start_server(cache_dir: str, edits_dir: str) -> tuple[subprocess.Popen, str, float]:
+    code = ("from model_rewrite.server.app import serve; "
+            f"serve('faces', None, '127.0.0.1', 0, {cache_dir!r}, 'cpu', edits_dir={edits_dir!r})")
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
+    url = lines.get(timeout=300).strip()
+    return proc, url, time.perf_counter() - t0
+
+
+def _gallery(client: httpx.Client, pool: ThreadPoolExecutor, seeds: str, per_page: int) -> float:
+    """Seconds for the gallery JSON plus all its PNGs (fetched 6 at a time, as a browser does)."""
+    t0 = time.perf_counter()
+    g = client.get("/api/gallery", params={"seeds": seeds, "per_page": per_page})
+    g.raise_for_status()
+    pngs = list(pool.map(lambda im: client.get(im["edited"]), g.json()["images"]))
+    assert all(r.status_code == 200 for r in pngs) and len(pngs) == per_page
+    return time.perf_counter() - t0
+
+
+def _execute(client: httpx.Client, pool: ThreadPoolExecutor, seeds: str) -> dict:
+    """Execute -> job done -> updated 16-image gallery, polling as the page does (every 120 ms; here 20 ms)."""
+    t0 = time.perf_counter()
+    r = client.post("/api/execute", json=EDIT)
+    r.raise_for_status()
+    while True:
+        job = client.get("/api/job").json()["job"]
+        if job["state"] != "running":
+            break
+        time.sleep(0.02)
+    assert job["state"] == "done", job
+    t_job = time.perf_counter() - t0
+    t_gallery = _gallery(client, pool, seeds, 16)
+    return {"total_s": time.perf_counter() - t0, "job_s": t_job, "solve_s": job["seconds"], "gallery_s": t_gallery}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, url, t_start = _start_server(str(Path(tmp) / "cache"), str(Path(tmp) / "edits"))
+        try:
+            with httpx.Client(base_url=url, timeout=300) as client, ThreadPoolExecutor(6) as pool:
+                cold32, warm32 = [], []
+                for i in range(args.repeats):
+                    seeds = f"{1000 + 32 * i}-{1000 + 32 * i + 31}"  # fresh seeds: nothing cached
+                    cold32.append(_gallery(client, pool, seeds, 32))
+                    warm32.append(_gallery(client, pool, seeds, 32))
+                first = _execute(client, pool, "100-115")  # includes the key statistics of b32 (1000 samples)
+                client.post("/api/history/revert").raise_for_status()
+                runs = []
+                for i in range(args.repeats):
+                    runs.append(_execute(client, pool, f"{200 + 16 * i}-{200 + 16 * i + 15}"))
+                    client.post("/api/history/revert").raise_for_status()
+                info = client.get("/api/info").json()
+        finally:
+            proc.terminate()
+            proc.wait(30)
+
+    def med(xs: list[float]) -> float:
+        return round(statistics.median(xs), 3)
+
+    steps = info["update"]["steps"]
+    result = {
+        "model": "faces", "layer": EDIT["layer"], "update": info["update"],
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads)",
+        "load_average_before_after": [round(x, 2) for x in load_before] + [round(x, 2) for x in os.getloadavg()],
+        "repeats": args.repeats,
+        "server_start_s": round(t_start, 3),
+        "gallery_32_cold_s": {"median": med(cold32), "min": round(min(cold32), 3), "max": round(max(cold32), 3), "target": 1.0},
+        "gallery_32_cached_s": {"median": med(warm32), "min": round(min(warm32), 3)},
+        "execute_to_gallery_16_s": {
+            "median": med([r["total_s"] for r in runs]), "min": round(min(r["total_s"] for r in runs), 3),
+            "max": round(max(r["total_s"] for r in runs), 3), "target": 3.0,
+            "solve_median_s": med([r["solve_s"] for r in runs]), "gallery_median_s": med([r["gallery_s"] for r in runs]),
+            "steps": steps,
+        },
+        "first_execute_with_statistics_s": {k: round(v, 3) for k, v in first.items()},
+        "method": "HTTP against a live serve() process on 127.0.0.1; a gallery = GET /api/gallery (renders the page "
+                  "batched) + every PNG, 6 requests at a time; execute = POST /api/execute, poll /api/job, then the "
+                  "16-image gallery; medians over repeats; each execute reverted before the next.",
+    }
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+    print(f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+    main()
