@@ -22,7 +22,7 @@ def rosinality_state_dict(size: int = 32, style_dim: int = 32, n_mlp: int = 2, c
     noise buffers. `channels` maps resolution -> width (any widths, not only rosinality's table).
     """
     g = torch.Generator().manual_seed(seed)
-    rn = lambda *shape: torch.randn(*shape, generator=g)  # noqa: E731
+    rn = lambda *shape: torch.randn(*shape, generator=g)
     log_size = int(math.log2(size))
     ch = channels or {4: 32, 8: 32, 16: 24, 32: 16, 64: 16, 128: 8}
     d = style_dim

@@ -39,8 +39,8 @@ class TupleGenerator(nn.Module):
 def adapter(**kw) -> GeneratorAdapter:
     torch.manual_seed(0)
     net = TupleGenerator().eval()
-    args = dict(latent_shape=(8,), input_from_latent=lambda z: (z, 2.0), image_from_output=lambda out: out[0] * 2 - 1,
-                layers=["fc", LayerSpec(name="body", weight_module="body.conv", key_axis=1), "up"])
+    args = {"latent_shape": (8,), "input_from_latent": lambda z: (z, 2.0), "image_from_output": lambda out: out[0] * 2 - 1,
+            "layers": ["fc", LayerSpec(name="body", weight_module="body.conv", key_axis=1), "up"]}
     args.update(kw)
     return GeneratorAdapter(net, **args)
 
@@ -125,7 +125,7 @@ def test_export_of_an_adapted_model_names_the_way_to_reload(tmp_path):
 def test_the_worked_example_in_the_docs_runs(tmp_path, monkeypatch, capsys):
     """Every ```python block after the '<!-- runnable' marker of docs/models.md, in order, in one namespace."""
     text = DOC.read_text()
-    blocks = re.findall(r"```python\n(.*?)```", text[text.index("<!-- runnable"):], flags=re.S)
+    blocks = re.findall(r"```python\n(.*?)```", text[text.index("<!-- runnable"):], flags=re.DOTALL)
     assert len(blocks) >= 3
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MODEL_REWRITE_CACHE", str(tmp_path / "cache"))

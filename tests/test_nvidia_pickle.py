@@ -22,14 +22,14 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from stylegan2_reference import nvidia_state_dict, reference_forward, rosinality_state_dict
 from torch import nn
 
 from model_rewrite.errors import ModelLoadError
 from model_rewrite.models import load_generator
 from model_rewrite.models.nvidia_pickle import PersistentRecord, read_network_pickle, state_dict_from_record
-from stylegan2_reference import nvidia_state_dict, reference_forward, rosinality_state_dict
 
-TOL = dict(rtol=1e-4, atol=1e-4)
+TOL = {"rtol": 1e-4, "atol": 1e-4}
 STUB_SRC = "# stand-in for training/networks.py\nimport os\nos.system('echo this source must never run')\n"
 
 
@@ -190,7 +190,7 @@ def test_records_flatten_to_the_state_dict_in_module_order(tmp_path, fixture, nv
     assert isinstance(g, PersistentRecord) and g.class_name == "Generator" and g.module_src_len == len(STUB_SRC)
     flat = state_dict_from_record(g)
     synthesis_first = [k for k in nv if k.startswith("synthesis.")] + [k for k in nv if k.startswith("mapping.")]
-    assert sorted(flat) == sorted(synthesis_first) and list(flat)[0].startswith("synthesis.b4")
+    assert sorted(flat) == sorted(synthesis_first) and next(iter(flat)).startswith("synthesis.b4")
     assert all(torch.equal(flat[k], nv[k]) for k in nv)
     assert isinstance(g.child("mapping").child("fc0").attr("weight_gain"), float)  # a numpy scalar, read as a number
     assert g.attr("_init_kwargs")["mapping_kwargs"].num_layers == 2  # EasyDict attribute access

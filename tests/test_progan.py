@@ -3,6 +3,7 @@ reference forward written here from that description. Tolerance: rtol = atol = 1
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -12,9 +13,9 @@ import torch.nn.functional as F
 from model_rewrite.errors import ModelLoadError
 from model_rewrite.hooks import run_until
 from model_rewrite.models import load_generator
-from model_rewrite.models.progan import ProGANGenerator, progan_from_state_dict
+from model_rewrite.models.progan import progan_from_state_dict
 
-TOL = dict(rtol=1e-5, atol=1e-5)
+TOL = {"rtol": 1e-5, "atol": 1e-5}
 
 
 def progan_state_dict(sizes: list[int], seed: int = 0) -> dict[str, torch.Tensor]:
@@ -25,7 +26,7 @@ def progan_state_dict(sizes: list[int], seed: int = 0) -> dict[str, torch.Tensor
           "layer2.conv.weight": torch.randn(sizes[1], sizes[1], 3, 3, generator=g),
           "layer2.wscale.b": 0.3 * torch.randn(sizes[1], generator=g)}
     n = 3
-    for c_in, c_out in zip(sizes[1:-1], sizes[2:]):
+    for c_in, c_out in itertools.pairwise(sizes[1:]):
         for layer, cin in ((n, c_in), (n + 1, c_out)):
             sd[f"layer{layer}.conv.weight"] = torch.randn(c_out, cin, 3, 3, generator=g)
             sd[f"layer{layer}.wscale.b"] = 0.3 * torch.randn(c_out, generator=g)
@@ -51,7 +52,7 @@ def reference_forward(sd: dict[str, torch.Tensor], z: torch.Tensor) -> torch.Ten
         k = w.shape[-1]
         x = F.conv2d(x, w, padding=3 if n == 1 else 1)
         x = F.leaky_relu(x * (math.sqrt(2) / k) / math.sqrt(w.shape[1]) + b[None, :, None, None], 0.2)
-    out = [k for k in sd if k.startswith("output_")][0].split(".")[0]
+    out = next(k for k in sd if k.startswith("output_")).split(".")[0]
     w, b = sd[f"{out}.conv.weight"], sd[f"{out}.wscale.b"]
     return F.hardtanh(F.conv2d(norm(x), w) / math.sqrt(w.shape[1]) + b[None, :, None, None])
 

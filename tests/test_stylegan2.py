@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from stylegan2_reference import modulated_conv, reference_forward, rosinality_state_dict, upfirdn
 
 from model_rewrite.errors import ModelLoadError
 from model_rewrite.hooks import call_with_weight, trace
 from model_rewrite.models import fingerprint_model, load_generator
 from model_rewrite.models.stylegan2 import StyleGAN2Generator, stylegan2_from_rosinality, upfirdn2d
-from stylegan2_reference import modulated_conv, reference_forward, rosinality_state_dict, upfirdn
 
-TOL = dict(rtol=1e-4, atol=1e-4)
+TOL = {"rtol": 1e-4, "atol": 1e-4}
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +188,7 @@ def test_widths_and_depths_are_read_from_the_shapes(tmp_path):
 
 
 def test_train_checkpoint_without_latent_avg_loads_with_a_deterministic_w_avg(tmp_path, fixture):
-    sd, latent_avg = fixture
+    sd, _ = fixture
     args = argparse.Namespace(size=32, latent=32, n_mlp=2, channel_multiplier=2, iter=10)
     ckpt = {"g": sd, "d": {"convs.0.0.weight": torch.zeros(2)}, "g_ema": sd, "g_optim": {"state": {}}, "d_optim": {},
             "args": args, "ada_aug_p": 0.0}
@@ -207,7 +207,7 @@ def test_train_checkpoint_without_latent_avg_loads_with_a_deterministic_w_avg(tm
 def test_bare_g_ema_state_dict_loads(tmp_path, fixture):
     sd, _ = fixture
     torch.save(sd, tmp_path / "g_ema.pt")
-    net, info = load_generator(f"stylegan2:{tmp_path / 'g_ema.pt'}")
+    _, info = load_generator(f"stylegan2:{tmp_path / 'g_ema.pt'}")
     assert info.resolution == 32
 
 
@@ -226,8 +226,7 @@ def test_export_and_reload_keep_weights_and_sampling_settings(tmp_path, checkpoi
         assert torch.equal(net(z), again(z))
 
 
-def test_sampling_options_in_the_model_name(checkpoint, fixture):
-    sd, latent_avg = fixture
+def test_sampling_options_in_the_model_name(checkpoint):
     net, info = load_generator(f"stylegan2:{checkpoint}?truncation_psi=0.6&noise_mode=none&truncation_cutoff=none")
     assert (net.truncation_psi, net.noise_mode, net.truncation_cutoff) == (0.6, "none", None)
     assert info.fingerprint != load_generator(f"stylegan2:{checkpoint}")[1].fingerprint

@@ -3,7 +3,8 @@ layers to offer for editing (see docs/models.md for a worked example)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -109,7 +110,7 @@ class GeneratorAdapter(nn.Module):
                                  "pass image_from_output= to convert its output")
         return img
 
-    def train(self, mode: bool = True) -> "GeneratorAdapter":
+    def train(self, mode: bool = True) -> GeneratorAdapter:
         super().train(mode)
         self.net.training = mode
         return self
@@ -122,7 +123,7 @@ class GeneratorAdapter(nn.Module):
         return {"kind": "adapter", "net_class": f"{type(self.net).__module__}.{type(self.net).__qualname__}",
                 "latent_shape": list(self.latent_shape), "layers": [s.name for s in self._specs]}
 
-    def model_info(self, model_id: str | None = None) -> "ModelInfo":
+    def model_info(self, model_id: str | None = None) -> ModelInfo:
         """A ModelInfo for `Rewriter(adapter, info=adapter.model_info())`: id, fingerprint, resolution, latents."""
         from . import ModelInfo, fingerprint_model
 

@@ -17,9 +17,11 @@ import math
 import pickle
 import re
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,7 +29,7 @@ import torch
 from ..errors import ModelLoadError
 
 PERSISTENCE_VERSION = 6  # torch_utils.persistence format version of every released NVIDIA pickle
-_NUMPY_CODES = {"f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "b1"}
+_NUMPY_CODES = frozenset({"f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "b1"})
 
 
 # --- stand-ins for the globals a network pickle references -----------------------------------
@@ -44,13 +46,13 @@ class PersistentRecord:
     module_src_len: int
     state: dict[str, Any] = field(repr=False)
 
-    def child(self, name: str) -> "PersistentRecord | None":
+    def child(self, name: str) -> PersistentRecord | None:
         """The submodule record `name` (from `_modules`), or None."""
         mods = self.state.get("_modules") or {}
         value = mods.get(name)
         return value if isinstance(value, PersistentRecord) else None
 
-    def children(self) -> dict[str, "PersistentRecord"]:
+    def children(self) -> dict[str, PersistentRecord]:
         return {k: v for k, v in (self.state.get("_modules") or {}).items() if isinstance(v, PersistentRecord)}
 
     def attr(self, name: str, default: Any = None) -> Any:
@@ -87,7 +89,7 @@ def _load_storage_from_bytes(blob: Any) -> Any:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TypedStorage deprecation
             storage = torch.load(io.BytesIO(bytes(blob)), map_location="cpu", weights_only=True)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 -- whatever torch raises, the storage is refused
         raise pickle.UnpicklingError(f"a tensor storage in the pickle was refused by torch's weights-only loader: {exc}") from None
     if not isinstance(storage, (torch.TypedStorage, torch.UntypedStorage)):
         raise pickle.UnpicklingError(f"a storage blob holds a {type(storage).__name__}, not a storage")
@@ -140,7 +142,7 @@ def _numpy_scalar(dtype: Any, data: Any = None) -> Any:
     return np.frombuffer(bytes(data), dtype=dt)[0].item()
 
 
-_ALLOWED: dict[tuple[str, str], Callable[..., Any] | type] = {
+_ALLOWED: Mapping[tuple[str, str], Callable[..., Any] | type] = MappingProxyType({
     ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct_persistent_obj,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
@@ -156,7 +158,7 @@ _ALLOWED: dict[tuple[str, str], Callable[..., Any] | type] = {
     ("numpy", "dtype"): _NumpyDType,
     ("numpy.core.multiarray", "scalar"): _numpy_scalar,
     ("numpy._core.multiarray", "scalar"): _numpy_scalar,
-}
+})
 
 
 class RestrictedUnpickler(pickle.Unpickler):

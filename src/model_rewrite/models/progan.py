@@ -10,10 +10,12 @@ so the tail is the identity and the closed-form update is exact.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -101,7 +103,7 @@ class ProGANGenerator(nn.Module):
         self.layer1 = ProGANLayer(sizes[0], sizes[1], 4, 3, up=False)
         self.layer2 = ProGANLayer(sizes[1], sizes[1], 3, 1, up=False)
         n = 3
-        for c_in, c_out in zip(sizes[1:-1], sizes[2:]):
+        for c_in, c_out in itertools.pairwise(sizes[1:]):
             self.add_module(f"layer{n}", ProGANLayer(c_in, c_out, 3, 1, up=True))
             self.add_module(f"layer{n + 1}", ProGANLayer(c_out, c_out, 3, 1, up=False))
             n += 2

@@ -23,8 +23,9 @@ from __future__ import annotations
 import argparse
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -56,15 +57,15 @@ def upfirdn2d(x: torch.Tensor, taps: torch.Tensor, up: int = 1, pad: tuple[int, 
 
     x: (B, C, H, W); taps: (K,) -> (B, C, H*up + pad0 + pad1 - K + 1, same for W). The filter is
     flipped (a true convolution), as in StyleGAN's upfirdn2d; `up - 1` zeros follow each pixel.
+    One depthwise convolution (faster on CPU than two 1-D passes over B*C single-channel maps).
     """
     b, c, h, w = x.shape
     if up > 1:
         x = F.pad(x.reshape(b, c, h, 1, w, 1), (0, up - 1, 0, 0, 0, up - 1)).reshape(b, c, h * up, w * up)
     x = F.pad(x, (pad[0], pad[1], pad[0], pad[1]))
-    k = taps.flip(0).to(x.dtype) * math.sqrt(gain)  # (K,), gain split over the two axes
-    y = x.reshape(b * c, 1, x.shape[2], x.shape[3])
-    y = F.conv2d(F.conv2d(y, k.view(1, 1, -1, 1)), k.view(1, 1, 1, -1))
-    return y.reshape(b, c, y.shape[2], y.shape[3])
+    k = taps.flip(0).to(x.dtype)
+    kernel = (torch.outer(k, k) * gain)[None, None].expand(c, 1, k.numel(), k.numel())  # (C, 1, K, K)
+    return F.conv2d(x, kernel, groups=c)
 
 
 # --- layers ----------------------------------------------------------------------------------
@@ -467,7 +468,7 @@ def read_torch_checkpoint(path: Path) -> Any:
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for bad or unsafe files
+    except Exception as exc:  # noqa: BLE001 -- torch raises many types for bad or unsafe files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(
             f"cannot read {path} as a torch checkpoint with weights_only=True ({first}); the file may be "
