@@ -10,6 +10,7 @@ import re
 
 import numpy as np
 import pytest
+import torch
 from server_fixtures import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, image_from_png, live_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -107,7 +108,8 @@ def test_paint_execute_toggle_undo_save_reload_load_export(page, server, tmp_pat
     edits_dir = server[1]
     # 16 images a page on seeds 0-15
     pg.select_option("#per-page", "16")
-    pg.wait_for_function("() => document.querySelectorAll('#gallery .card').length === 16")
+    pg.wait_for_function("() => document.querySelector('#page-info').textContent.includes('· 64 images')")
+    assert pg.locator("#gallery .card").count() == 16
     shot(pg, "01-loaded")
     before = gallery_images(pg)
     assert len(before) == 16
@@ -216,6 +218,19 @@ def test_paint_execute_toggle_undo_save_reload_load_export(page, server, tmp_pat
     pg.wait_for_selector("#paste-box:not([hidden])")
     assert pg.get_attribute("#gallery", "data-state") == state
     assert pg.input_value("#seeds") == f"{PASTE_SEED},{COPY_SEED},{CONTEXT_SEED}"
+    draft = pg.evaluate("() => draftJson()")  # what Execute or Save would send now
+    from model_rewrite.edits import load_edit
+    from model_rewrite.masks import mask_from_data_url
+
+    spec, _ = load_edit(edits_dir / "e2e-cheek.json")
+    assert draft["layer"] == spec.layer and draft["name"] == spec.name
+    assert {k: draft["update"][k] for k in ("rank", "steps", "lr", "erase")} == \
+        {k: getattr(spec.update, k) for k in ("rank", "steps", "lr", "erase")}
+    pairs = [(draft["paste"], spec.paste), (draft["copy"], spec.copy)] + list(zip(draft["context"], spec.context))
+    assert len(draft["context"]) == len(spec.context) == 2
+    for got, want in pairs:
+        assert got["seed"] == want.seed
+        assert torch.allclose(mask_from_data_url(got["mask"]), want.mask, atol=1 / 255)
     reloaded = gallery_images(pg)
     for s in (PASTE_SEED, COPY_SEED, CONTEXT_SEED):
         assert np.array_equal(reloaded[s], after[s]), f"seed {s} differs after loading the saved edit"
@@ -238,8 +253,8 @@ def test_paint_execute_toggle_undo_save_reload_load_export(page, server, tmp_pat
 def test_cancel_leaves_the_model_unchanged(page):
     pg = page
     pg.fill("#seeds", "0-15")
-    pg.dispatch_event("#seeds", "change")
-    pg.wait_for_function("() => document.querySelectorAll('#gallery .card').length === 16")
+    pg.press("#seeds", "Enter")
+    pg.wait_for_function("() => document.querySelector('#page-info').textContent.includes('· 16 images')")
     state = pg.get_attribute("#gallery", "data-state")
     tool(pg, "copy")
     paint(pg, 3, scribble(20, 32, 20, 36))

@@ -140,6 +140,23 @@ def test_page_and_static_files_are_served(client):
         assert r.status_code == 200 and kind in r.headers["content-type"]
 
 
+ENDPOINTS = {
+    ("GET", "/"), ("GET", "/api/info"), ("GET", "/api/gallery"), ("GET", "/api/images/{state}/{seed}.png"),
+    ("POST", "/api/preview"), ("POST", "/api/search"), ("POST", "/api/matches"), ("POST", "/api/execute"),
+    ("GET", "/api/job"), ("POST", "/api/job/cancel"), ("GET", "/api/history"), ("POST", "/api/history/undo"),
+    ("POST", "/api/history/redo"), ("POST", "/api/history/revert"), ("DELETE", "/api/history/{entry_id}"),
+    ("GET", "/api/edits"), ("POST", "/api/edits"), ("POST", "/api/edits/import"), ("GET", "/api/edits/{name}"),
+    ("GET", "/api/edits/{name}/file"), ("POST", "/api/edits/{name}/load"), ("GET", "/api/export"),
+    ("GET", "/api/openapi.json"),
+}
+
+
+def test_the_api_has_exactly_the_tested_endpoints(session):
+    app = create_app(session)
+    routes = {(m, r.path) for r in app.routes if hasattr(r, "methods") for m in r.methods if m != "HEAD"}
+    assert routes == ENDPOINTS
+
+
 def test_info_lists_layers_with_resolution_and_size(client, session):
     info = client.get("/api/info").json()
     assert info["model"] == "tiny" and info["resolution"] == RES

@@ -117,7 +117,8 @@ def _image_url(state: str, seed: int) -> str:
 
 def create_app(session: EditSession) -> FastAPI:
     """The FastAPI app serving one EditSession: JSON endpoints under /api, the page at /."""
-    app = FastAPI(title="model-rewrite", version=__version__, docs_url="/api/docs", openapi_url="/api/openapi.json")
+    app = FastAPI(title="model-rewrite", version=__version__, docs_url=None, redoc_url=None,
+                  openapi_url="/api/openapi.json")  # the docs pages would load scripts from a CDN
     app.state.session = session
 
     @app.exception_handler(RewriteError)

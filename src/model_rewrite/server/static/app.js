@@ -20,6 +20,8 @@ const app = {
   polling: false,
   searchSeeds: [],
   historyEntries: [],
+  loadedUpdate: {}, // UpdateConfig fields of the last loaded edit
+  loadedStats: null, // its StatsConfig
 };
 
 // --- API ------------------------------------------------------------------------------------
@@ -310,14 +312,19 @@ function galleryQuery(which) {
   return `/api/gallery?${p}`;
 }
 
+let gallerySeq = 0;
 async function loadGallery() {
   const which = app.view === "both" ? "both" : app.view;
+  const seq = ++gallerySeq;
   const g = await guarded(() => api("GET", galleryQuery(which)));
-  if (!g) return;
+  if (!g || seq !== gallerySeq) return; // a later request supersedes this one
   app.gallery = g;
   app.page = g.page;
   $("#page-info").textContent = `page ${g.page + 1} / ${g.pages} · ${g.total} images`;
+  const key = JSON.stringify([g.state, g.seeds, app.view]);
   const root = $("#gallery");
+  if (key === root.dataset.key) return; // the same images: keep the cards (and any stroke in progress)
+  root.dataset.key = key;
   root.textContent = "";
   const views = app.view === "both" ? ["original", "edited"] : [app.view];
   root.classList.toggle("both", app.view === "both");
@@ -430,9 +437,10 @@ async function showMatches() {
 }
 
 // --- executing and jobs -------------------------------------------------------------------------
+// Settings of a loaded edit that the page has no control for are kept, so re-executing it changes nothing else.
 function updateConfig() {
   return {
-    rank: Number($("#rank").value), steps: Number($("#steps").value), lr: Number($("#lr").value),
+    ...app.loadedUpdate, rank: Number($("#rank").value), steps: Number($("#steps").value), lr: Number($("#lr").value),
     erase: $("#erase").checked,
   };
 }
@@ -446,6 +454,7 @@ function draftJson() {
   return {
     layer: $("#layer").value, name, paste: selectionJson(d.paste), copy: d.copy ? selectionJson(d.copy) : null,
     context: [...d.context].map(([seed, mask]) => ({ seed, mask: maskDataUrl(mask) })), update: updateConfig(),
+    ...(app.loadedStats ? { stats: app.loadedStats } : {}),
   };
 }
 
@@ -619,6 +628,8 @@ async function showEdit(edit) {
   if (app.info.layers.some((l) => l.name === edit.layer)) $("#layer").value = edit.layer;
   describeLayer();
   const u = edit.update || {};
+  app.loadedUpdate = { ...u };
+  app.loadedStats = edit.stats ? { ...edit.stats } : null;
   if (u.rank !== undefined) $("#rank").value = u.rank;
   if (u.steps !== undefined) $("#steps").value = u.steps;
   if (u.lr !== undefined) $("#lr").value = u.lr;
