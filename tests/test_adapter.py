@@ -136,3 +136,10 @@ def test_the_worked_example_in_the_docs_runs(tmp_path, monkeypatch, capsys):
     assert "('main.1.conv', 64, 8)" in out and "('main.2', 32, 16)" in out
     change = float(re.search(r"mean change ([0-9.e-]+)", out).group(1))
     assert change > 1e-5  # random weights: the images themselves vary little (std about 5e-2)
+
+
+def test_measuring_the_resolution_leaves_batchnorm_statistics_and_modes_alone():
+    net = nn.Sequential(nn.ConvTranspose2d(4, 8, 4, 1, 0), nn.BatchNorm2d(8), nn.ConvTranspose2d(8, 3, 4, 2, 1)).train()
+    stats = net[1].running_mean.clone()
+    gen = GeneratorAdapter(net, latent_shape=(4, 1, 1), layers=["0", "2"])
+    assert gen.resolution == 8 and torch.equal(net[1].running_mean, stats) and net.training and net[1].training

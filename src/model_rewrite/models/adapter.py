@@ -33,7 +33,7 @@ class GeneratorAdapter(nn.Module):
     - `layers`: the editable layers, as dotted module paths inside `net` (a Conv/ConvTranspose/Linear
       module, which is then both the weight module and the block, so the value is its linear output) or as
       LayerSpecs whose `name` is a block containing the weight module (the value is the block output).
-    - `resolution`: the image size; if None, one forward pass on latent 0 measures it.
+    - `resolution`: the image size; if None, one forward pass on latent 0 (in eval mode) measures it.
 
     The adapter shares `net`'s parameters, buffers and submodules (it is a view, not a copy), so module
     paths, `state_dict()` keys and layer names are exactly those of `net`, and edits change `net` too.
@@ -95,8 +95,14 @@ class GeneratorAdapter(nn.Module):
         z = latent_from_seed(0, self.latent_shape)[None]
         if param is not None:
             z = z.to(param.device)
-        with torch.no_grad():
-            img = self(z)
+        modes = {m: m.training for m in self.net.modules()}
+        self.net.eval()  # a probe must not update BatchNorm statistics
+        try:
+            with torch.no_grad():
+                img = self(z)
+        finally:
+            for m, mode in modes.items():
+                m.training = mode
         return int(img.shape[-1])
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

@@ -178,7 +178,9 @@ class StyledConv(nn.Module):
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         styles = self.affine(w)  # (B, C_in)
-        y = self.conv(x * styles[:, :, None, None])  # (B, C_out, H', W'), linear in conv.weight
+        # keys in channels-last memory: convolutions are faster on CPU and the keys read as (N, C_in) rows without a copy
+        keys = (x * styles[:, :, None, None]).contiguous(memory_format=torch.channels_last)
+        y = self.conv(keys)  # (B, C_out, H', W'), linear in conv.weight
         y = y * demodulation(self.conv.weight * self.conv.scale, styles)[:, :, None, None]
         if noise is not None:
             y = y + self.noise_strength * noise
@@ -408,7 +410,7 @@ class StyleGAN2Generator(nn.Module):
             w_idx += n
             n_idx += n
         assert img is not None
-        return img
+        return img.contiguous()
 
     def conv_layers(self) -> list[StyledConv]:
         """The StyledConvs in forward (and noise) order: b4.conv1, b8.conv0, b8.conv1, ..."""
