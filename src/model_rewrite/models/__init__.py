@@ -170,7 +170,7 @@ def load_generator(model: str | Path = DEFAULT_MODEL, device: str | torch.device
         from .nvidia_pickle import load_nvidia_pickle
 
         net, source = load_nvidia_pickle(name.removeprefix("nvidia:"))
-    elif name.startswith("stylegan2:") or name.endswith(".pkl"):
+    elif name.startswith("stylegan2:") or name.partition("?")[0].endswith(".pkl"):
         from .stylegan2 import load_stylegan2
 
         net, source = load_stylegan2(name.removeprefix("stylegan2:"))
