@@ -290,6 +290,8 @@ def test_execute_rejects_bad_edits_with_a_clear_message(client):
     assert_error(post(paste={"seed": 1, "mask": url}), 400, "5000x5000")
     r = client.post("/api/execute", content=b" " * (17 * 1024 * 1024), headers={"content-type": "application/json"})
     assert_error(r, 413, "MiB")
+    chunks = (b" " * (1024 * 1024) for _ in range(17))  # streamed, no declared length
+    assert_error(client.post("/api/execute", content=chunks, headers={"content-type": "application/json"}), 413, "MiB")
     assert client.get("/api/job").json()["job"] is None, "no bad request started a job"
 
 
