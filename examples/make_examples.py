@@ -33,13 +33,22 @@ def ellipses(*shapes: tuple[float, float, float, float], size: int = 64) -> torc
 
 # name -> layer, context [(seed, ellipses)], copy (seed, ellipses) or None, paste (seed, ellipses), update, note
 EXAMPLES = {
-    "add-mustache": dict(
+    "red-lips": dict(
         layer="b32",
-        context=[(1, [(42, 32, 2.5, 8)]), (9, [(42, 32, 2.5, 8)]), (17, [(41, 34, 2.5, 8)]), (44, [(39, 34, 2.5, 8)])],
-        copy=(41, [(41, 30, 3, 10)]),
-        paste=(1, [(42, 32, 3, 10)]),
+        context=[(1, [(45, 32, 2.5, 8)]), (17, [(44, 34, 2.5, 7)]), (3, [(44, 32, 2.5, 7)])],
+        copy=(44, [(42, 34, 3, 8)]),
+        paste=(1, [(45, 32, 3, 9)]),
         update=UpdateConfig(),
-        note="Copy the mustache of seed 41 onto the upper lip of seed 1; the context is the clean upper lip of four faces.",
+        note="Copy the red lips of seed 44 onto the lips of seed 1; the context is the closed lips of three faces.",
+    ),
+    "add-headband": dict(
+        layer="b32",
+        context=[(1, [(17, 32, 4, 14)]), (3, [(15, 30, 4, 14)]), (48, [(14, 32, 4, 13)]), (27, [(17, 32, 3, 12)])],
+        copy=(16, [(12, 30, 5, 22)]),
+        paste=(1, [(16, 32, 5, 20)]),
+        update=UpdateConfig(),
+        note="A limit case: copy the white headband of seed 16 onto the forehead of seed 1; the context (foreheads) "
+        "is too generic a key at this layer.",
     ),
     "add-glasses": dict(
         layer="b32",
@@ -54,8 +63,8 @@ EXAMPLES = {
         context=[(35, [(33, 32, 7, 20)]), (31, [(31, 30, 6, 20)]), (53, [(33, 32, 6, 20)])],
         copy=None,
         paste=(35, [(33, 32, 7, 20)]),
-        update=UpdateConfig(erase=True),
-        note="Erase: zero the key units most specific to glasses (seeds 35, 31, 53) inside the glasses of seed 35.",
+        update=UpdateConfig(erase=True, erase_units=60),
+        note="Erase: zero the 60 key units (of 128) most specific to glasses (seeds 35, 31, 53) inside the glasses of seed 35.",
     ),
 }
 
