@@ -146,3 +146,14 @@ def test_erase_variant_solves(rw):
 def test_unknown_model_name_is_a_clear_error():
     with pytest.raises(ModelLoadError, match="unknown model"):
         Rewriter("no-such-model")
+
+
+def test_statistics_describe_the_unedited_model_even_with_edits_applied(tmp_path):
+    from model_rewrite import StatsConfig
+
+    fresh = Rewriter("tiny", cache_dir=tmp_path / "a").stats("b16", StatsConfig(num_samples=10)).moment
+    rw = Rewriter("tiny", cache_dir=tmp_path / "b")
+    rw.apply(_edit(rw, layer="b8"))
+    w = rw.model.b8.conv.weight.clone()
+    assert torch.equal(rw.stats("b16", StatsConfig(num_samples=10)).moment, fresh)
+    assert torch.equal(rw.model.b8.conv.weight, w)  # the edit is back afterwards

@@ -121,16 +121,11 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 def _load_edit_for(rw: Any, path: Path, args: argparse.Namespace):
     """An EditSpec (and saved factors) from our format, or from the paper's format with --layer."""
-    from .edits import edit_from_paper_request, load_edit
+    from .edits import edit_from_paper_request, is_paper_request, load_edit, read_edit_json
     from .errors import InvalidEdit
 
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InvalidEdit(f"edit file {path} does not exist") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidEdit(f"{path} is not valid JSON: {exc}") from None
-    if isinstance(data, dict) and "format" not in data and "paste" in data:
+    data = read_edit_json(path)
+    if is_paper_request(data):
         if not args.layer:
             raise InvalidEdit(f"{path} is in the paper's request format, which names no layer: pass --layer (and --model)")
         spec = edit_from_paper_request(data, model=rw.info.model_id, fingerprint=rw.info.fingerprint, layer=args.layer)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -64,7 +65,7 @@ class EditSpec:
         """Parse and validate the JSON form; InvalidEdit names what is wrong."""
         if not isinstance(data, dict):
             raise InvalidEdit("an edit file must hold a JSON object")
-        if "key" in data and "format" not in data:
+        if is_paper_request(data):
             raise InvalidEdit("this looks like the original paper's request format; load it with "
                               "edit_from_paper_request (CLI: pass --model and --layer)")
         if data.get("format") != EDIT_FORMAT:
@@ -165,16 +166,26 @@ def save_edit(path: str | Path, spec: EditSpec, delta: LowRankDelta | None = Non
     return path
 
 
-def load_edit(path: str | Path) -> tuple[EditSpec, LowRankDelta | None]:
-    """Read an edit JSON and, if present and matching, its solved factors."""
+def read_edit_json(path: str | Path) -> Any:
+    """The parsed JSON of an edit file; InvalidEdit when it is missing or not JSON."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except FileNotFoundError:
         raise InvalidEdit(f"edit file {path} does not exist") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidEdit(f"edit file {path} is not valid JSON: {exc}") from None
-    spec = EditSpec.from_dict(data)
+
+
+def is_paper_request(data: Any) -> bool:
+    """Whether parsed JSON is in the original paper's request format (no format marker, a 'paste' entry)."""
+    return isinstance(data, dict) and "format" not in data and "paste" in data
+
+
+def load_edit(path: str | Path) -> tuple[EditSpec, LowRankDelta | None]:
+    """Read an edit JSON and, if present and matching, its solved factors."""
+    path = Path(path)
+    spec = EditSpec.from_dict(read_edit_json(path))
     fpath = factors_path(path)
     if not fpath.exists():
         return spec, None
@@ -220,6 +231,24 @@ class EditStack:
     def base_weight(self, path: str) -> torch.Tensor:
         """W0 of a parameter (its value before any edit of this stack)."""
         return self._base.get(path, self._param(path).detach())
+
+    def base_weights(self) -> dict[str, torch.Tensor]:
+        """W0 of every parameter this stack has touched."""
+        return dict(self._base)
+
+    @contextmanager
+    def lifted(self) -> Iterator[None]:
+        """Inside the block the model has its original weights W0; the edits come back afterwards."""
+        saved = list(self.entries)
+        self.entries.clear()
+        try:
+            for path in self._base:
+                self._sync(path)
+            yield
+        finally:
+            self.entries.extend(saved)
+            for path in self._base:
+                self._sync(path)
 
     def push(self, delta: LowRankDelta, name: str = "", spec: EditSpec | None = None) -> StackEntry:
         """Apply an edit on top of the stack; clears the redo list."""

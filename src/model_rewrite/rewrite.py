@@ -185,7 +185,7 @@ class Rewriter:
 
     def sample_original(self, seeds: Sequence[int]) -> torch.Tensor:
         """Images from the unedited weights (the stack's W0), without touching the live model."""
-        base = {path: self.stack.base_weight(path) for path in self.stack._base}
+        base = self.stack.base_weights()
         if not base:
             return self.sample(seeds)
         from torch.func import functional_call
@@ -205,7 +205,7 @@ class Rewriter:
                "stats_seed": config.stats_seed, "product_dtype": config.product_dtype, "what": "second_moment"}
 
         def compute() -> tuple[dict[str, torch.Tensor], dict]:
-            with self._unedited(spec):
+            with self.stack.lifted():  # statistics describe the unedited model
                 s = collect_key_stats(self.model, spec, config, latent_shape=self.info.latent_shape, progress=progress)
             return {"moment": s.moment}, {"count": s.count}
 
@@ -214,27 +214,6 @@ class Rewriter:
         stats = KeyStats(spec.name, tensors["moment"], int(meta["count"]), config.num_samples, config.stats_seed)
         self._stats[mem_key] = stats
         return stats
-
-    def _unedited(self, spec: LayerSpec):
-        """Context in which edits of layers before `spec` are lifted (statistics describe the original model)."""
-        from contextlib import contextmanager
-
-        @contextmanager
-        def cm():
-            saved = list(self.stack.entries)
-            if saved:
-                self.stack.entries.clear()
-                for p in self.stack._base:
-                    self.stack._sync(p)
-            try:
-                yield
-            finally:
-                if saved:
-                    self.stack.entries.extend(saved)
-                    for p in self.stack._base:
-                        self.stack._sync(p)
-
-        return cm()
 
     # --- solving --------------------------------------------------------------------------
     def _selection(self, spec: LayerSpec, sel: Selection, what: str) -> tuple[Observation, torch.Tensor, torch.Tensor]:
