@@ -6,6 +6,10 @@ export time, written with `model_rewrite.export.export_model` so `load_generator
 `train_log.json` records the exact command, seed, git commit, duration and losses.
 
     nice -n 10 python benchmarks/world/train_world_gan.py --minutes 40 --seed 0
+    python benchmarks/world/train_world_gan.py --device cuda --minutes 6 --batch 64   # on a GPU
+
+The discriminator is written too (`world_disc.safetensors`, used as the feature term of the benchmark's
+fine-tune-all baseline).
 """
 
 from __future__ import annotations
@@ -71,9 +75,13 @@ def recompute_batchnorm(g: DCGANGenerator, nz: int, gen: torch.Generator, batche
     g.eval()
 
 
-def _git_commit() -> str:
+def _git_commit(given: str = "") -> str:
+    if given:
+        return given
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True).stdout.strip()
+        if not sha:
+            return "unknown"
         dirty = subprocess.run(["git", "status", "--porcelain", "--", str(HERE / "train_world_gan.py"), "src/model_rewrite/world.py"],
                                cwd=HERE.parent.parent, capture_output=True, text=True).stdout.strip()
         return sha + ("+uncommitted-changes" if dirty else "")
@@ -81,8 +89,8 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def export(ema: DCGANGenerator, args: argparse.Namespace, log: dict, out: Path) -> None:
-    g = copy.deepcopy(ema)
+def export(ema: DCGANGenerator, args: argparse.Namespace, log: dict, out: Path, d: nn.Module | None = None) -> None:
+    g = copy.deepcopy(ema).cpu()
     recompute_batchnorm(g, args.nz, torch.Generator().manual_seed(args.seed + 1))
     info = ModelInfo("world_gan", "dcgan", fingerprint_model(g), 64, (args.nz, 1, 1), "benchmarks/world/train_world_gan.py")
     export_model(g, info, out)
@@ -92,6 +100,11 @@ def export(ema: DCGANGenerator, args: argparse.Namespace, log: dict, out: Path) 
     log["samples_rules"] = rule_statistics(labels)
     log["samples_fractions"] = label_fractions(labels).round(5).tolist()
     log["fingerprint"] = info.fingerprint
+    if d is not None:
+        from model_rewrite.cache import save_tensors
+
+        save_tensors(out.parent / "world_disc.safetensors", {k: v.cpu() for k, v in d.state_dict().items()},
+                     {"kind": "world_discriminator", "ndf": args.ndf, "steps": log.get("steps")})
     (out.parent / "train_log.json").write_text(json.dumps(log, indent=1))
 
 
@@ -108,6 +121,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", type=int, default=20000, help="number of training scenes (seeds 0..data-1)")
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--commit", default="", help="commit to record where git is unavailable (a copied tree)")
     p.add_argument("--export-every-min", type=float, default=5.0)
     p.add_argument("--out", type=Path, default=HERE / "world_gan.safetensors")
     args = p.parse_args(argv)
@@ -115,12 +130,15 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     t_start = time.time()
     images, labels = scenes_from_seeds(range(TRAIN_SEEDS_START, TRAIN_SEEDS_START + args.data))
-    data = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)  # (N, 3, 64, 64) in [-1, 1]
+    dev = torch.device(args.device)
+    torch.backends.cudnn.benchmark = dev.type == "cuda"
+    data = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0).to(dev)  # (N, 3, 64, 64) in [-1, 1]
     t_data = time.time() - t_start
     g = DCGANGenerator(nz=args.nz, ngf=args.ngf, nc=3, resolution=64)
     d = WorldDiscriminator(args.ndf)
     g.apply(_init_weights)
     d.apply(_init_weights)
+    g, d = g.to(dev), d.to(dev)
     ema = copy.deepcopy(g).eval()
     opt_g = torch.optim.Adam(g.parameters(), args.lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(d.parameters(), args.lr, betas=(0.5, 0.999))
@@ -128,17 +146,18 @@ def main(argv: list[str] | None = None) -> None:
     gen = torch.Generator().manual_seed(args.seed)
     log = {"command": "python " + " ".join([str(Path(sys.argv[0]))] + (argv if argv is not None else sys.argv[1:])),
            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-           "seed": args.seed, "commit": _git_commit(), "torch": torch.__version__, "threads": args.threads,
+           "seed": args.seed, "commit": _git_commit(args.commit), "torch": torch.__version__, "threads": args.threads,
+           "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
            "data_seconds": round(t_data, 1), "training_rules": rule_statistics(labels[:2000]),
            "training_fractions": label_fractions(labels).round(5).tolist(), "losses": []}
     step, last_export, t0 = 0, time.time(), time.time()
-    ones, zeros = torch.ones(args.batch), torch.zeros(args.batch)
+    ones, zeros = torch.ones(args.batch, device=dev), torch.zeros(args.batch, device=dev)
     while time.time() - t0 < args.minutes * 60 and step < args.max_steps:
         idx = torch.randint(len(data), (args.batch,), generator=gen)
-        real = data[idx]
-        flip = torch.rand(args.batch, generator=gen) < 0.5
+        real = data[idx.to(dev)]
+        flip = (torch.rand(args.batch, generator=gen) < 0.5).to(dev)
         real = torch.where(flip[:, None, None, None], real.flip(3), real)
-        z = torch.randn(args.batch, args.nz, 1, 1, generator=gen)
+        z = torch.randn(args.batch, args.nz, 1, 1, generator=gen).to(dev)
         fake = g(z)
         loss_d = bce(d(real), ones) + bce(d(fake.detach()), zeros)
         opt_d.zero_grad(set_to_none=True)
@@ -153,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
             for pe, pg in zip(ema.parameters(), g.parameters()):
                 pe.lerp_(pg, 1 - decay)
         step += 1
-        if step % 50 == 0:
+        if step % (50 if dev.type == "cpu" else 1000) == 0:
             log["losses"].append([step, round(time.time() - t0, 1), round(loss_d.item(), 4), round(loss_g.item(), 4)])
             print(f"step {step} t={time.time() - t0:.0f}s loss_d={loss_d.item():.3f} loss_g={loss_g.item():.3f}", flush=True)
         if time.time() - last_export > args.export_every_min * 60:
@@ -162,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
             torch.save({"g": g.state_dict(), "d": d.state_dict(), "ema": ema.state_dict(), "step": step}, args.out.with_suffix(".state.pt"))
             last_export = time.time()
     log.update(steps=step, train_seconds=round(time.time() - t0, 1), finished=True)
-    export(ema, args, log, args.out)
+    export(ema, args, log, args.out, d)
     print(json.dumps({k: log[k] for k in ("steps", "train_seconds", "samples_rules", "training_rules")}, indent=1))
 
 
