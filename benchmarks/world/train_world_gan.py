@@ -122,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--snapshots", default="", help="comma-separated steps at which to also export to OUT_DIR/s{step}/")
     p.add_argument("--commit", default="", help="commit to record where git is unavailable (a copied tree)")
     p.add_argument("--export-every-min", type=float, default=5.0)
     p.add_argument("--out", type=Path, default=HERE / "world_gan.safetensors")
@@ -150,6 +151,7 @@ def main(argv: list[str] | None = None) -> None:
            "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
            "data_seconds": round(t_data, 1), "training_rules": rule_statistics(labels[:2000]),
            "training_fractions": label_fractions(labels).round(5).tolist(), "losses": []}
+    snapshots = {int(x) for x in args.snapshots.split(",") if x}
     step, last_export, t0 = 0, time.time(), time.time()
     ones, zeros = torch.ones(args.batch, device=dev), torch.zeros(args.batch, device=dev)
     while time.time() - t0 < args.minutes * 60 and step < args.max_steps:
@@ -175,6 +177,9 @@ def main(argv: list[str] | None = None) -> None:
         if step % (50 if dev.type == "cpu" else 1000) == 0:
             log["losses"].append([step, round(time.time() - t0, 1), round(loss_d.item(), 4), round(loss_g.item(), 4)])
             print(f"step {step} t={time.time() - t0:.0f}s loss_d={loss_d.item():.3f} loss_g={loss_g.item():.3f}", flush=True)
+        if step in snapshots:
+            snap = dict(log, steps=step, train_seconds=round(time.time() - t0, 1), finished=False)
+            export(ema, args, snap, args.out.parent / f"s{step}" / args.out.name, d)
         if time.time() - last_export > args.export_every_min * 60:
             log.update(steps=step, train_seconds=round(time.time() - t0, 1), finished=False)
             export(ema, args, log, args.out)
