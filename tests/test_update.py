@@ -132,3 +132,19 @@ def test_closed_form_solve_reaches_a_linear_goal(tiny):
     goal = Goal(obs, tiny.b16.act(tiny.b16.norm(new_linear)), new_linear, (0, 16, 0, 16))
     result = solve_update(tiny, spec, dirs, goal, UpdateConfig(method="closed_form", ridge=0.0))
     torch.testing.assert_close(result.delta.dense(), delta_from_factors(true_factor, dirs, 0), rtol=1e-3, atol=1e-4)
+
+
+def test_adam_step_matches_torch_optim_adam():
+    from model_rewrite.update import adam_step
+
+    g = torch.Generator().manual_seed(0)
+    p0 = torch.randn(5, 3, generator=g)
+    grads = [torch.randn(5, 3, generator=g) for _ in range(6)]
+    ref = p0.clone().requires_grad_(True)
+    opt = torch.optim.Adam([ref], lr=0.05)
+    ours, m, v = p0.clone(), torch.zeros(5, 3), torch.zeros(5, 3)
+    for i, gr in enumerate(grads):
+        ref.grad = gr.clone()
+        opt.step()
+        adam_step(ours, gr, m, v, i + 1, 0.05)
+    torch.testing.assert_close(ours, ref.detach(), rtol=1e-6, atol=1e-7)

@@ -110,6 +110,24 @@ def lstsq_factor(
     return factor.to(design.dtype).contiguous()
 
 
+def adam_step(
+    param: torch.Tensor, grad: torch.Tensor, m: torch.Tensor, v: torch.Tensor, step: int, lr: float,
+    betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+) -> None:
+    """One Adam update (Kingma & Ba), in place on `param`, `m` and `v`; `step` counts from 1.
+
+    The same arithmetic as `torch.optim.Adam` (tested against it). We keep this small function because
+    creating a torch.optim optimizer imports torch's compiler stack on first use, which costs about
+    3 s per process: more than a whole interactive edit on the CPU.
+    """
+    b1, b2 = betas
+    m.mul_(b1).add_(grad, alpha=1 - b1)
+    v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+    bias1, bias2 = 1 - b1**step, 1 - b2**step
+    denom = (v.sqrt() / bias2**0.5).add_(eps)
+    param.addcdiv_(m, denom, value=-lr / bias1)
+
+
 def optimize_factor(
     loss_fn: Callable[[torch.Tensor], torch.Tensor],
     factor0: torch.Tensor,
@@ -119,23 +137,25 @@ def optimize_factor(
 ) -> tuple[torch.Tensor, list[float]]:
     """Adam on the factor L of W0 + L D: the change stays in span(D) exactly at every step.
 
-    `loss_fn(factor)` returns a scalar; `on_step(step, loss)` may return True to stop early
-    (cancel). Returns the factor with the lowest loss seen and the loss curve.
+    `loss_fn(factor)` returns a scalar; `on_step(step, loss)` is called for every recorded loss
+    (steps + 1 of them, the first before any update) and may return True to stop early (cancel).
+    Returns the factor with the lowest loss seen and the loss curve.
     """
     factor = factor0.detach().clone().requires_grad_(True)
-    opt = torch.optim.Adam([factor], lr=lr)
+    m, v = torch.zeros_like(factor), torch.zeros_like(factor)
     best, best_loss, losses = factor0.detach().clone(), float("inf"), []
     for step in range(steps + 1):
-        opt.zero_grad(set_to_none=True)
         loss = loss_fn(factor)
         value = float(loss.detach())
         losses.append(value)
         if value < best_loss:
             best_loss, best = value, factor.detach().clone()
-        if step == steps or (on_step is not None and on_step(step, value)):
+        stop = bool(on_step(step, value)) if on_step is not None else False
+        if step == steps or stop:
             break
-        loss.backward()
-        opt.step()
+        (grad,) = torch.autograd.grad(loss, factor)
+        with torch.no_grad():
+            adam_step(factor, grad, m, v, step + 1, lr)
     return best, losses
 
 
