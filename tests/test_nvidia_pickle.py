@@ -329,3 +329,18 @@ def test_wrong_shapes_non_finite_weights_and_truncated_files_are_refused(tmp_pat
     (tmp_path / "cut.pkl").write_bytes(data[: len(data) * 2 // 3])
     with pytest.raises(ModelLoadError, match="truncated"):
         load_generator(str(tmp_path / "cut.pkl"))
+
+
+def test_records_cannot_be_rewritten_by_build_opcodes(tmp_path, fixture, nvidia_names):
+    """A BUILD after the reconstruction call would otherwise set attributes (e.g. shadow `child`)."""
+    _, _, nv = fixture
+    data = bytearray(pickle.dumps({"G_ema": generator_records(nv, 32)}, protocol=4))
+    assert data[-2:] == b"s."  # ... SETITEM STOP
+    payload = pickle.dumps({"child": 1}, protocol=4)[2:-1]  # the dict, without PROTO/FRAME header and STOP
+    if payload[:1] == b"\x95":  # FRAME opcode and its 8-byte length
+        payload = payload[9:]
+    # insert "<dict> BUILD" right before the final SETITEM: it applies to the G_ema record
+    patched = bytes(data[:-2]) + payload + b"b" + b"s."
+    (tmp_path / "build.pkl").write_bytes(patched)
+    with pytest.raises(ModelLoadError, match="tries to modify a network record"):
+        load_generator(str(tmp_path / "build.pkl"))

@@ -34,17 +34,21 @@ _NUMPY_CODES = frozenset({"f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "u2", 
 
 # --- stand-ins for the globals a network pickle references -----------------------------------
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class PersistentRecord:
     """A network object from a pickle, as data: its class name and pickled `__dict__` (`state`).
 
-    The class's module source is never executed; only its length and sha256 are kept."""
+    The class's module source is never executed; only its length and sha256 are kept. Frozen, without
+    `__dict__` and refusing `__setstate__`, so a pickle cannot change its fields or methods (BUILD)."""
 
     class_name: str
     version: int
     module_src_sha256: str
     module_src_len: int
     state: dict[str, Any] = field(repr=False)
+
+    def __setstate__(self, state: Any) -> None:
+        raise pickle.UnpicklingError("the pickle tries to modify a network record after creating it")
 
     def child(self, name: str) -> PersistentRecord | None:
         """The submodule record `name` (from `_modules`), or None."""
