@@ -158,49 +158,45 @@ def label_fractions(labels: np.ndarray) -> np.ndarray:
     return np.bincount(labels.reshape(-1), minlength=len(CLASSES)) / labels.size
 
 
+def _has_below(src: np.ndarray, dst: np.ndarray, rows: range, cols: int) -> np.ndarray:
+    """For masks (N, H, W): is there a `dst` pixel at (y + dy, x + dx) for some dy in `rows`, |dx| <= cols?
+    (negative dy looks above)."""
+    hit = np.zeros_like(src)
+    h, w = src.shape[1:]
+    for dy in rows:
+        for dx in range(-cols, cols + 1):
+            shifted = np.zeros_like(dst)
+            ys, yd = (slice(0, h - dy), slice(dy, h)) if dy >= 0 else (slice(-dy, h), slice(0, h + dy))
+            xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
+            shifted[:, ys, xs] = dst[:, yd, xd]
+            hit |= shifted
+    return hit & src
+
+
 def rule_statistics(labels: np.ndarray) -> dict[str, float]:
     """How well a batch of label maps (N, H, W) obeys the world's rules, as fractions (1.0 = always).
 
-    - `top_on_tower`: tower-top pixels (roof, dome) with a tower pixel within 3 rows below them in the column
-      (directly or under more top pixels);
-    - `window_on_wall`: window pixels whose 5x5 neighbourhood has a wall pixel;
-    - `canopy_over_trunk`: canopy pixels with a trunk pixel within 10 rows below in the column;
-    - `trunk_on_ground`: trunk pixels with ground within 10 rows below;
+    - `top_on_tower`: tower-top pixels (roof, dome) with a tower pixel 1..12 rows below (within 2 columns);
+    - `window_on_wall`: window pixels with a wall pixel within 2 pixels;
+    - `trunk_under_canopy`: trunk pixels with a canopy pixel 1..8 rows above (within 2 columns);
+    - `trunk_on_ground`: trunk pixels with ground 1..10 rows below (within 2 columns);
     - `has_tower_top`: images with at least 6 tower-top pixels; `dome_share`: dome / (roof + dome) pixels.
     """
     lab = np.asarray(labels)
-    n, h, w = lab.shape
     c = CLASS_INDEX
 
-    def below_within(mask_from: np.ndarray, mask_to: np.ndarray, rows: int) -> float:
-        hit = np.zeros_like(mask_from)
-        for dy in range(1, rows + 1):
-            hit[:, :-dy] |= mask_to[:, dy:]
-        total = mask_from.sum()
-        return float((mask_from & hit).sum() / total) if total else float("nan")
+    def frac(src: np.ndarray, dst: np.ndarray, rows: range, cols: int) -> float:
+        total = src.sum()
+        return float(_has_below(src, dst, rows, cols).sum() / total) if total else float("nan")
 
     top = (lab == c["roof"]) | (lab == c["dome"])
-    tower = lab == c["tower"]
-    # a top pixel counts when, going down its column, top pixels lead to a tower pixel within 12 rows
-    reach = tower.copy()
-    for _ in range(12):
-        shifted = np.zeros_like(reach)
-        shifted[:, :-1] = reach[:, 1:]
-        reach = reach | (shifted & top)
-    top_ok = float((top & reach).sum() / top.sum()) if top.sum() else float("nan")
-    window = lab == c["window"]
-    wall = lab == c["wall"]
-    near_wall = np.zeros_like(wall)
-    for dy in range(-2, 3):
-        for dx in range(-2, 3):
-            near_wall |= np.roll(np.roll(wall, dy, 1), dx, 2)
-    win_ok = float((window & near_wall).sum() / window.sum()) if window.sum() else float("nan")
+    trunk = lab == c["trunk"]
     roof_px, dome_px = (lab == c["roof"]).sum(), (lab == c["dome"]).sum()
     return {
-        "top_on_tower": top_ok,
-        "window_on_wall": win_ok,
-        "canopy_over_trunk": below_within(lab == c["canopy"], lab == c["trunk"], 10),
-        "trunk_on_ground": below_within(lab == c["trunk"], lab == c["ground"], 10),
-        "has_tower_top": float((top.reshape(n, -1).sum(1) >= 6).mean()),
+        "top_on_tower": frac(top, lab == c["tower"], range(1, 13), 2),
+        "window_on_wall": frac(lab == c["window"], lab == c["wall"], range(-2, 3), 2),
+        "trunk_under_canopy": frac(trunk, lab == c["canopy"], range(-8, 0), 2),
+        "trunk_on_ground": frac(trunk, lab == c["ground"], range(1, 11), 2),
+        "has_tower_top": float((top.reshape(len(lab), -1).sum(1) >= 6).mean()),
         "dome_share": float(dome_px / (roof_px + dome_px)) if roof_px + dome_px else float("nan"),
     }
