@@ -38,11 +38,11 @@ from model_rewrite.config import StatsConfig, UpdateConfig
 from model_rewrite.directions import key_directions
 from model_rewrite.hooks import call_with_weight, get_module
 from model_rewrite.masks import check_mask
-from model_rewrite.render import generate, image_grid, to_uint8
+from model_rewrite.render import generate, image_grid, save_png, to_uint8
 from model_rewrite.rewrite import Rewriter, solve_update
 from model_rewrite.targets import Selection, context_keys, copy_paste_goal, erase_goal, erase_units, observe
 from model_rewrite.update import LowRankDelta
-from model_rewrite.world import CLASS_INDEX, CLASSES, label_fractions, labels_from_image, rule_statistics, scenes_from_seeds
+from model_rewrite.world import CLASS_INDEX, CLASSES, colour_labels, label_fractions, labels_from_image, rule_statistics, scenes_from_seeds
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -423,7 +423,8 @@ def run(args: argparse.Namespace) -> dict:
         results["edits"][task.name] = res_task
         examples[task.name] = shown
     results["meta"]["total_seconds"] = round(time.perf_counter() - t_all, 1)
-    write_outputs(results, examples, args.out)
+    samples = [world_images[:10], colour_labels(world_labels[:10]), before[:10], colour_labels(gen_labels[:10])]
+    write_outputs(results, examples, args.out, samples)
     return results
 
 
@@ -443,7 +444,8 @@ def markdown_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def write_outputs(results: dict, examples: dict[str, dict[str, np.ndarray]], out: Path) -> None:
+def write_outputs(results: dict, examples: dict[str, dict[str, np.ndarray]], out: Path,
+                  samples: list[np.ndarray] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -485,6 +487,8 @@ def write_outputs(results: dict, examples: dict[str, dict[str, np.ndarray]], out
     fig.tight_layout()
     fig.savefig(out / "success_vs_collateral.png", dpi=110)
     plt.close(fig)
+    if samples is not None:  # world scenes, their labels, generator samples, the labeller's reading of them
+        save_png(image_grid(samples, pad=2, scale=3), out / "samples_and_labels.png")
     for task, shown in examples.items():
         names = list(shown)
         grid = image_grid([shown[n] for n in names], pad=2, scale=2)
