@@ -85,3 +85,36 @@ def test_errors_are_one_line_with_nonzero_exit(tmp_path, edit_file):
     assert rc == 2 and "not valid JSON" in err
     rc, err = run("apply", str(edit_file), "--model", "tiny", "--out", str(tmp_path / "z"), "--method", "magic", "--quiet")
     assert rc == 2 and "method must be one of" in err
+
+
+def test_an_edit_on_a_small_stylegan2_through_the_cli(tmp_path):
+    """The same commands as on the face model, on a rosinality-format StyleGAN2 checkpoint."""
+    import torch
+
+    from stylegan2_reference import rosinality_state_dict
+
+    sd, latent_avg = rosinality_state_dict(32)
+    ckpt = tmp_path / "g.pt"
+    torch.save({"g_ema": sd, "latent_avg": latent_avg}, ckpt)
+    model = f"stylegan2:{ckpt}"
+    c = ["--cache-dir", str(tmp_path / "c"), "--quiet"]
+    assert main(["layers", "--model", model, *c[:2]]) == 0
+    rw = Rewriter(model, cache_dir=tmp_path / "c")
+    m = box_mask(32, 4, 14, 4, 14)
+    spec = rw.new_edit("b16.conv1", paste=Selection(1, m), copy=Selection(2, box_mask(32, 16, 26, 16, 26)),
+                       context=[Selection(1, m), Selection(3, box_mask(32, 8, 20, 8, 20))], update=UpdateConfig(steps=20))
+    from model_rewrite import StatsConfig
+
+    spec = type(spec)(**{**spec.__dict__, "stats": StatsConfig(num_samples=100)})
+    edit = save_edit(tmp_path / "sg2.json", spec)
+    out = tmp_path / "out"
+    assert main(["apply", str(edit), "--model", model, "--out", str(out), "--samples", "8", *c]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["inside_change"] > report["outside_change"] > 0
+    exported = Rewriter(str(out / "model.safetensors"))
+    from model_rewrite import load_edit
+
+    spec2, delta = load_edit(out / "edit.json")
+    rw.apply(spec2, delta)
+    assert torch.equal(exported.sample([1000, 1001]), rw.sample([1000, 1001]))
+    assert main(["search", str(edit), "--model", model, "--samples", "8", "--top", "4", "--out", str(tmp_path / "s"), *c]) == 0
