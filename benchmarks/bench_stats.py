@@ -27,15 +27,18 @@ def _forward_only(model, spec, cfg, shape) -> None:
             run_until(model, spec.weight_module, z, record_output=False)
 
 
-def _best_interleaved(fns, repeats: int) -> list[float]:
-    """Best time of each function over `repeats` rounds, alternating them so that machine noise is shared."""
-    best = [float("inf")] * len(fns)
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
+def _paired(fns, repeats: int) -> tuple[list[float], float]:
+    """Time two functions back to back `repeats` times, alternating their order so that machine noise is
+    shared. Returns each one's median time and the median of the per-pair ratios time[0] / time[1]."""
+    times: list[list[float]] = [[], []]
+    for r in range(repeats):
+        order = (0, 1) if r % 2 == 0 else (1, 0)
+        for i in order:
             t0 = time.perf_counter()
-            fn()
-            best[i] = min(best[i], time.perf_counter() - t0)
-    return best
+            fns[i]()
+            times[i].append(time.perf_counter() - t0)
+    ratios = sorted(a / b for a, b in zip(*times))
+    return [sorted(t)[len(t) // 2] for t in times], ratios[len(ratios) // 2]
 
 
 def main() -> None:
@@ -46,12 +49,12 @@ def main() -> None:
         for dtype in ("float32", "float64"):
             cfg = StatsConfig(num_samples=1000, batch_size=50, product_dtype=dtype)
             _forward_only(model, spec, StatsConfig(num_samples=100), info.latent_shape)  # warm up
-            t_fwd, t_col = _best_interleaved([lambda: _forward_only(model, spec, cfg, info.latent_shape),
-                                              lambda: collect_key_stats(model, spec, cfg, latent_shape=info.latent_shape)], 5)
+            (t_fwd, t_col), ratio = _paired([lambda: _forward_only(model, spec, cfg, info.latent_shape),
+                                             lambda: collect_key_stats(model, spec, cfg, latent_shape=info.latent_shape)], 8)
             rows.append({"layer": layer, "product_dtype": dtype, "samples": cfg.num_samples,
                          "forward_samples_per_s": round(cfg.num_samples / t_fwd, 1),
                          "collect_samples_per_s": round(cfg.num_samples / t_col, 1),
-                         "throughput_ratio": round(t_fwd / t_col, 3)})
+                         "throughput_ratio": round(ratio, 3)})
             print(rows[-1])
     # memory: the accumulator is C_in x C_in float64 whatever the sample count; peak RSS stays flat
     spec = resolve_layer(model, "b32")
