@@ -13,9 +13,6 @@ PY=${PYTHON:-python3}
 pip_q() { python -m pip install -q --disable-pip-version-check "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
 # torch first and pinned: an unpinned torch pulls a multi-GB CUDA build
 python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '2.13.0')" 2>/dev/null || pip_q torch==2.13.0
-# the default face model's weights ship in this wheel (MIT); its declared dependencies are heavy and unused
-python -c "import importlib.util as u, sys; sys.exit(u.find_spec('gan_face_generate') is None)" 2>/dev/null \
-  || pip_q --no-deps gan-face-generate==1.1.1
 if [ "$want_test" = 1 ]; then
   pip_q -e ".[web,test,bench]"
   if [ ! -x /usr/bin/chromium ]; then
@@ -29,4 +26,8 @@ if [ "$want_test" = 1 ]; then
 else
   pip_q -e ".[web]"
 fi
+# the default face model's weights ship in this wheel (MIT); its declared dependencies are heavy and unused,
+# so it is installed last, without them (an install after it would list them as missing)
+python -c "import importlib.util as u, sys; sys.exit(u.find_spec('gan_face_generate') is None)" 2>/dev/null \
+  || pip_q --no-deps gan-face-generate==1.1.1
 python -c "import model_rewrite, torch; print('model-rewrite', model_rewrite.__version__, 'with torch', torch.__version__)"
