@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .cache import Store
@@ -284,9 +283,6 @@ class Rewriter:
         """Heat maps (N, Hk, Wk) of direction `which` on the images `seeds`."""
         spec = self.spec(layer)
         return heat_maps(key_maps(self.model, spec, self.latents(seeds)), dirs.to(torch.float32), which)
-
-    def selection(self, seed: int, mask: torch.Tensor) -> Selection:
-        return Selection(seed, mask)
 
     def new_edit(self, layer: str, paste: Selection, copy: Selection | None = None, context: Sequence[Selection] = (),
                  update: UpdateConfig = UpdateConfig(), stats: StatsConfig = StatsConfig(), name: str = "") -> EditSpec:
