@@ -22,6 +22,21 @@ def test_streaming_second_moment_equals_batch_for_any_split(splits):
     torch.testing.assert_close(acc.moment(), exact, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_wide_keys_use_the_block_product_and_still_equal_the_full_product(dtype):
+    # 301 >= the split width: the accumulator forms only the block upper triangle and mirrors it
+    keys = torch.randn(900, 301, generator=torch.Generator().manual_seed(4)) + 0.3
+    acc = SecondMoment(301, product_dtype=dtype)
+    assert acc._split == 150
+    for chunk in keys.split(250):
+        acc.add(chunk)
+    exact = keys.double().T @ keys.double()
+    tol = dict(rtol=1e-12, atol=1e-9) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(acc.sum, exact, **tol)
+    torch.testing.assert_close(acc.moment(), exact / 900, **tol)
+    assert torch.equal(acc.moment(), acc.moment().T)
+
+
 def test_float32_products_stay_close_to_float64():
     keys = torch.randn(5000, 16, generator=torch.Generator().manual_seed(2)).abs()
     a, b = SecondMoment(16, product_dtype=torch.float32), SecondMoment(16)
