@@ -53,3 +53,18 @@ def test_call_with_weight_leaves_module_untouched(tiny):
 def test_get_module_names_the_choices(tiny):
     with pytest.raises(LayerNotFound, match="b4"):
         get_module(tiny, "nope")
+
+
+def test_override_forward_is_undone_even_when_the_block_raises():
+    from model_rewrite.hooks import override_forward
+
+    lin = nn.Linear(3, 2)
+    x = torch.randn(4, 3)
+    want = lin(x)
+    with override_forward(lin, lambda inp: torch.zeros(inp.shape[0], 2)):
+        assert torch.equal(lin(x), torch.zeros(4, 2))
+    assert torch.equal(lin(x), want) and "forward" not in lin.__dict__
+    with pytest.raises(RuntimeError, match="boom"):
+        with override_forward(lin, lambda inp: inp):
+            raise RuntimeError("boom")
+    assert torch.equal(lin(x), want) and "forward" not in lin.__dict__

@@ -123,3 +123,22 @@ def replace_input(model: nn.Module, layer: str, fn: Callable[[torch.Tensor], tor
         yield
     finally:
         handle.remove()
+
+
+@contextmanager
+def override_forward(module: nn.Module, fn: Callable[..., Any]) -> Iterator[None]:
+    """Inside the block, calling `module` runs `fn(*args, **kwargs)` instead of its `forward`.
+
+    The override is an instance attribute shadowing the class's method; it is removed (and any
+    earlier instance attribute put back) even if the block raises. Hooks on `module` still run.
+    """
+    missing = object()
+    before = module.__dict__.get("forward", missing)
+    module.forward = fn  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        if before is missing:
+            del module.forward
+        else:
+            module.forward = before  # type: ignore[method-assign]
