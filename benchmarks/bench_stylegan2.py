@@ -1,16 +1,21 @@
-"""Benchmark: key-statistics collection on a 64 px StyleGAN2 vs a plain forward pass up to the layer.
+"""Benchmark: key-statistics collection on a StyleGAN2, against plain forward passes, and one edit's time.
 
-Both run in the same process on the same seeded latents: `hooks.run_until(model, layer.weight_module, z)`
-(the forward that statistics collection cannot avoid) and `stats.collect_key_stats` (that forward plus the
-k^T k accumulation). They are timed in pairs, back to back, alternating which runs first, on one batch of
-latents each; the figures are medians over the pairs (and the ratio's quartiles). Adjacent runs see
-the same machine load, so the paired ratio stays meaningful on a shared, busy machine where best-of
-timings do not.
+For each layer, three contenders run interleaved on the same seeded latents (see timing.py):
+- full forward: `model(z)`, the plain forward pass that generates the images;
+- forward to the layer: `hooks.run_until(model, weight module, z)`, the part of the forward pass that
+  statistics collection cannot avoid (the strictest baseline);
+- collect: `stats.collect_key_stats`, that forward plus the k^T k accumulation.
+Ratios are per round (same load), medians over rounds with quartiles.
 
-The model has the architecture of a 64 px rosinality StyleGAN2 (z = w = 512, 8 mapping layers, 512
-channels up to 32 px, 256 at 64 px) with seeded random weights: speed does not depend on the values.
+`--edit` also times one edit through the public API on the same model: statistics for the layer
+(`Rewriter.stats`), then solve + apply + a 16-image preview with the default UpdateConfig.
 
-Writes benchmarks/results/stylegan2.json. Run: .venv/bin/python benchmarks/bench_stylegan2.py
+The default model has the architecture of a 64 px rosinality StyleGAN2 (z = w = 512, 8 mapping layers,
+512 channels up to 32 px, 256 at 64 px) with seeded random weights: speed does not depend on the values.
+The GPU configuration of issue 4 is `--resolution 256 --channel-multiplier 2 --device cuda --edit`
+(512 channels up to 64 px).
+
+Writes benchmarks/results/stylegan2.json (or --out). Run: .venv/bin/python benchmarks/bench_stylegan2.py
 """
 
 from __future__ import annotations
@@ -19,77 +24,111 @@ import argparse
 import json
 import os
 import platform
-import statistics
+import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from model_rewrite import StatsConfig, collect_key_stats
+from model_rewrite import Rewriter, Selection, StatsConfig, UpdateConfig, collect_key_stats
 from model_rewrite.hooks import run_until
 from model_rewrite.latents import latent_stream
 from model_rewrite.layers import LayerSpec, resolve_layer
 from model_rewrite.models.stylegan2 import StyleGAN2Generator, rosinality_channels
+from timing import interleaved, per_second, ratio_summary, sync
 
 OUT = Path(__file__).parent / "results" / "stylegan2.json"
 LAYERS = ("b16.conv1", "b32.conv0", "b32.conv1", "b64.conv0", "b64.conv1")
 
 
-def _seed_of(cfg: StatsConfig) -> int:
-    return int(getattr(cfg, "stats_seed", getattr(cfg, "seed", 0)))
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.processor() or platform.machine()
+    return f"{model}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads"
 
 
-def forward_only(model: StyleGAN2Generator, weight_module: str, cfg: StatsConfig) -> None:
-    """The forward pass statistics collection needs: up to the weight module's input, on the same latents."""
-    with torch.no_grad():
-        for z in latent_stream(_seed_of(cfg), cfg.num_samples, model.latent_shape, cfg.batch_size):
-            run_until(model, weight_module, z, record_output=False)
-
-
-def _timed(fn: Callable[[], object]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-def paired_times(forward: Callable[[], object], collect: Callable[[], object], pairs: int) -> list[tuple[float, float]]:
-    """(forward seconds, collect seconds) of `pairs` back-to-back pairs, alternating the order."""
-    out = []
-    for i in range(pairs):
-        if i % 2 == 0:
-            t_fwd = _timed(forward)
-            t_col = _timed(collect)
-        else:
-            t_col = _timed(collect)
-            t_fwd = _timed(forward)
-        out.append((t_fwd, t_col))
-    return out
-
-
-def measure(model: StyleGAN2Generator, spec: LayerSpec, dtype: str, batch_size: int, pairs: int) -> dict:
+def measure(model: StyleGAN2Generator, spec: LayerSpec, dtype: str, batch_size: int, rounds: int, device: str) -> dict:
     cfg = StatsConfig(num_samples=batch_size, batch_size=batch_size, product_dtype=dtype)
-    forward_only(model, spec.weight_module, cfg)  # warm up
-    times = paired_times(lambda: forward_only(model, spec.weight_module, cfg),
-                         lambda: collect_key_stats(model, spec, cfg, latent_shape=model.latent_shape), pairs)
-    ratios = sorted(f / c for f, c in times)
-    q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) >= 2 else (ratios[0], 0, ratios[0])
+    (z,) = latent_stream(cfg.stats_seed, batch_size, model.latent_shape, batch_size)  # collect's latents
+    z = z.to(device)
+
+    def full() -> None:
+        with torch.no_grad():
+            model(z)
+
+    def to_layer() -> None:
+        with torch.no_grad():
+            run_until(model, spec.weight_module, z, record_output=False)
+
+    def collect() -> None:
+        collect_key_stats(model, spec, cfg, latent_shape=model.latent_shape)
+
+    fns = {"full_forward": full, "forward_to_layer": to_layer, "collect": collect}
+    interleaved(fns, 1, device)  # warm up
+    t = interleaved(fns, rounds, device)
     with torch.no_grad():
-        keys = run_until(model, spec.weight_module, torch.zeros(1, model.z_dim), record_output=False).input
+        keys = run_until(model, spec.weight_module, z[:1], record_output=False).input
     return {"layer": spec.name, "key_channels": int(keys.shape[1]), "key_grid": int(keys.shape[2]), "product_dtype": dtype,
-            "batch_size": batch_size, "pairs": pairs,
-            "forward_samples_per_s": round(batch_size / statistics.median(f for f, _ in times), 2),
-            "collect_samples_per_s": round(batch_size / statistics.median(c for _, c in times), 2),
-            "throughput_ratio": round(statistics.median(ratios), 3),
-            "throughput_ratio_quartiles": [round(q1, 3), round(q3, 3)]}
+            "batch_size": batch_size, "rounds": rounds,
+            "full_forward_samples_per_s": per_second(batch_size, t["full_forward"]),
+            "forward_to_layer_samples_per_s": per_second(batch_size, t["forward_to_layer"]),
+            "collect_samples_per_s": per_second(batch_size, t["collect"]),
+            "ratio_vs_full_forward": ratio_summary(t["full_forward"], t["collect"]),
+            "ratio_vs_forward_to_layer": ratio_summary(t["forward_to_layer"], t["collect"])}
+
+
+def box(res: int, y0: float, y1: float, x0: float, x1: float) -> torch.Tensor:
+    """A rectangular mask (res, res) from fractions of the image side."""
+    m = torch.zeros(res, res)
+    m[int(y0 * res):int(y1 * res), int(x0 * res):int(x1 * res)] = 1.0
+    return m
+
+
+def time_edit(model: StyleGAN2Generator, layer: str, num_samples: int, device: str) -> dict:
+    """Statistics, then solve + apply + 16-image preview of one copy-paste edit, through the public API."""
+    with tempfile.TemporaryDirectory() as cache:
+        rw = Rewriter(model, device=device, cache_dir=cache)
+        res = model.resolution
+        paste = Selection(1, box(res, 0.2, 0.45, 0.2, 0.45))
+        edit = rw.new_edit(layer, paste=paste, copy=Selection(2, box(res, 0.5, 0.75, 0.5, 0.75)),
+                           context=[paste, Selection(3, box(res, 0.3, 0.6, 0.3, 0.6))],
+                           stats=StatsConfig(num_samples=num_samples), update=UpdateConfig())
+        sync(device)
+        t0 = time.perf_counter()
+        rw.stats(layer, edit.stats)
+        sync(device)
+        t_stats = time.perf_counter() - t0
+        rw.sample([0])  # warm up the preview path
+        sync(device)
+        t0 = time.perf_counter()
+        result = rw.solve(edit)
+        sync(device)
+        t_solve = time.perf_counter() - t0
+        rw.stack.push(result.delta, "bench")
+        rw.sample(list(range(1000, 1016)))
+        sync(device)
+        t_edit = time.perf_counter() - t0
+    return {"layer": layer, "stats_samples": num_samples, "stats_s": round(t_stats, 3), "solve_s": round(t_solve, 3),
+            "solve_apply_preview16_s": round(t_edit, 3), "steps": edit.update.steps, "goal_loss_l1": round(result.goal_loss, 5)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--resolution", type=int, default=64)
+    parser.add_argument("--channel-multiplier", type=int, default=1, help="rosinality's channel multiplier")
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=25, help="latents per timed run (one batch)")
-    parser.add_argument("--pairs", type=int, default=8, help="timed (forward, collect) pairs per layer and dtype")
-    parser.add_argument("--layers", nargs="*", default=list(LAYERS))
-    parser.add_argument("--dtypes", nargs="*", default=["float32", "float64"], help="StatsConfig.product_dtype values")
+    parser.add_argument("--rounds", type=int, default=8, help="interleaved rounds per layer and dtype")
+    parser.add_argument("--layers", nargs="*", default=None, help=f"default: {' '.join(LAYERS)} (64 px)")
+    parser.add_argument("--dtypes", nargs="*", default=["float32"], help="StatsConfig.product_dtype values")
+    parser.add_argument("--edit", action="store_true", help="also time one edit (stats + solve + apply + preview)")
+    parser.add_argument("--edit-layer", default="b32.conv1")
+    parser.add_argument("--edit-samples", type=int, default=1000, help="StatsConfig.num_samples of the timed edit")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
@@ -97,30 +136,30 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
-    model = StyleGAN2Generator(64, rosinality_channels(64, channel_multiplier=1), z_dim=512, n_mlp=8).eval()
+    channels = rosinality_channels(args.resolution, channel_multiplier=args.channel_multiplier)
+    model = StyleGAN2Generator(args.resolution, channels, z_dim=512, n_mlp=8).to(args.device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
     load_before = os.getloadavg()
     rows = []
-    for layer in args.layers:
+    for layer in args.layers or LAYERS:
         for dtype in args.dtypes:
-            rows.append(measure(model, resolve_layer(model, layer), dtype, args.batch_size, args.pairs))
+            rows.append(measure(model, resolve_layer(model, layer), dtype, args.batch_size, args.rounds, args.device))
             print(rows[-1], flush=True)
-    with torch.no_grad():
-        z = torch.randn(args.batch_size, model.z_dim, generator=torch.Generator().manual_seed(0))
-        model(z)
-        t_full = statistics.median(_timed(lambda: model(z)) for _ in range(3))
+    edit = time_edit(model, args.edit_layer, args.edit_samples, args.device) if args.edit else None
+    if edit:
+        print(edit, flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
-        "model": f"StyleGAN2 64 px, z=w=512, n_mlp=8, channels {model.channels} (random weights)",
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads",
+        "model": f"StyleGAN2 {args.resolution} px, z=w=512, n_mlp=8, channels {list(model.channels)} (random weights)",
+        "device": device_name(args.device),
         "torch": torch.__version__,
-        "method": "paired back-to-back runs on the same latents, order alternating; forward = run_until(weight module), "
-                  "collect = collect_key_stats; throughput_ratio = median over pairs of forward time / collect time",
+        "method": "interleaved rounds on the same latents (benchmarks/timing.py); full_forward = model(z), forward_to_layer = "
+                  "run_until(weight module), collect = collect_key_stats; ratio_vs_X = median over rounds of X time / collect time",
         "load_average": {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in os.getloadavg()]},
         "target_ratio": 0.9,
-        "full_forward_samples_per_s": round(args.batch_size / t_full, 2),
-        "collection_vs_forward": rows}, indent=1) + "\n")
+        "collection_vs_forward": rows,
+        "edit": edit}, indent=1) + "\n")
     print(f"wrote {args.out}")
 
 
