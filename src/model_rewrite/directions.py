@@ -42,11 +42,11 @@ def key_directions(
     """
     if keys.dim() != 2 or weights.shape != keys.shape[:1]:
         raise ValueError(f"keys (N, C) and weights (N,) expected, got {tuple(keys.shape)} and {tuple(weights.shape)}")
-    w = weights.to(torch.float64)
+    w = weights.to(keys.device, torch.float64)
     if not (w > 0).any():
         raise ValueError("no key has positive weight: the context selection is empty")
     rank = min(rank, int((w > 0).sum()), keys.shape[1])
-    z = zca_whitener(cov, eig_floor)
+    z = zca_whitener(cov.to(keys.device), eig_floor)
     white = (keys.to(torch.float64) @ z) * w[:, None]  # (N, C_in), Z symmetric
     _, _, vh = torch.linalg.svd(white, full_matrices=False)
     dirs = vh[:rank] @ z  # rows d = Z q

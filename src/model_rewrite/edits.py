@@ -303,6 +303,6 @@ class EditStack:
         weight = self._base[path].clone()
         for entry in self.entries:
             if entry.delta.param_path == path:
-                weight += entry.delta.dense().to(weight.dtype)
+                weight += entry.delta.dense().to(weight.device, weight.dtype)
         with torch.no_grad():
             self._param(path).copy_(weight)

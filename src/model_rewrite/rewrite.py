@@ -170,7 +170,7 @@ def solve_update(
         design = linear_design(linear_change, dirs, tuple(w0.shape), spec.key_axis)  # (P, r*T)
         inside = _box_mask(tuple(goal.linear.shape[2:]), goal.box)
         residual = (goal.linear - goal.obs.linear).movedim(1, -1).reshape(-1, goal.linear.shape[1])
-        rows = inside.reshape(-1)
+        rows = inside.reshape(-1).to(design.device)
         # inside rows fit the goal; outside rows (weighted by preserve, per-position like the loss) ask for no change
         n_in, n_out = int(rows.sum()), int((~rows).sum())
         scale = (config.preserve * n_in / max(n_out, 1)) ** 0.5
@@ -290,7 +290,7 @@ class Rewriter:
 
     # --- solving --------------------------------------------------------------------------
     def _selection(self, spec: LayerSpec, sel: Selection, what: str) -> tuple[Observation, torch.Tensor, torch.Tensor]:
-        mask = check_mask(sel.mask, self.info.resolution, what)
+        mask = check_mask(sel.mask, self.info.resolution, what).to(self.device)
         z = self.latents([sel.seed])
         return observe(self.model, spec, z), mask, z
 

@@ -62,6 +62,7 @@ def context_keys(obs_masks: list[tuple[Observation, torch.Tensor]]) -> tuple[tor
     all_keys, all_w = [], []
     for obs, mask in obs_masks:
         grid = tuple(obs.keys.shape[2:])
+        mask = mask.to(obs.keys.device)
         w = resize_mask(mask, grid).reshape(-1) if grid else mask.new_ones(1)
         rows = rows_from_map(obs.keys)
         keep = w > 1e-3
@@ -101,7 +102,7 @@ def erase_units(context: list[tuple[Observation, torch.Tensor]], cov: torch.Tens
     """
     keys, weights = context_keys(context)
     under = (keys.to(torch.float64) ** 2 * weights[:, None]).sum(0) / weights.sum()
-    score = under / cov.diagonal().to(torch.float64).clamp_min(1e-12)
+    score = under / cov.diagonal().to(under.device, torch.float64).clamp_min(1e-12)
     return torch.argsort(score, descending=True)[: min(count, keys.shape[1])]
 
 

@@ -101,7 +101,7 @@ def lstsq_factor(
     a = design.detach().to(torch.float64)
     gram = a.T @ a
     lam = ridge * float(gram.diagonal().mean().clamp_min(1e-12))
-    x = torch.linalg.solve(gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype), a.T @ residual.detach().to(torch.float64))
+    x = torch.linalg.solve(gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device), a.T @ residual.detach().to(torch.float64))
     out_axis = 1 - key_axis
     tap_shape = weight_shape[2:]
     factor = x.T.reshape(weight_shape[out_axis], r, *tap_shape)  # (C_out, r, *taps)
