@@ -577,3 +577,29 @@ def test_serve_refuses_an_unknown_layer(tmp_path):
 
     with pytest.raises(LayerNotFound, match="b99"):
         serve("tiny", "b99", "127.0.0.1", 0, str(tmp_path), "cpu", edits_dir=tmp_path / "edits")
+
+
+# --- a StyleGAN2 checkpoint in the web app (issue 4) ---------------------------------------------
+
+def test_the_web_app_edits_a_rosinality_stylegan2_checkpoint(stats_cache, tmp_path):
+    """The same page and API on `stylegan2:PATH`: layers by resolution, gallery, an edit, undo."""
+    from stylegan2_reference import rosinality_state_dict
+
+    sd, latent_avg = rosinality_state_dict(32)
+    ckpt = tmp_path / "g.pt"
+    torch.save({"g_ema": sd, "latent_avg": latent_avg}, ckpt)
+    rw = Rewriter(f"stylegan2:{ckpt}", cache_dir=stats_cache)
+    with TestClient(create_app(EditSession(rw, edits_dir=tmp_path / "edits"))) as client:
+        info = client.get("/api/info").json()
+        names = [l["name"] for l in info["layers"]]
+        assert names[:3] == ["b4.conv1", "b8.conv0", "b8.conv1"] and "b32.conv1" in names and info["resolution"] == 32
+        before = gallery_pngs(client, "0-3")
+        assert all(im.shape == (32, 32, 3) for im in before.values())
+        body = {**edit_body(), "layer": "b16.conv1", "stats": {"num_samples": 100}}
+        job = run_edit(client, body)
+        assert job["losses"][-1] <= job["losses"][0]
+        after = gallery_pngs(client, "0-3")
+        assert any(np.abs(after[s].astype(int) - before[s].astype(int)).max() > 0 for s in before)
+        assert client.post("/api/history/undo").status_code == 200
+        restored = gallery_pngs(client, "0-3")
+        assert all(np.array_equal(restored[s], before[s]) for s in before)
