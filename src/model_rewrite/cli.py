@@ -51,18 +51,22 @@ def _seeds(args: argparse.Namespace) -> list[int]:
 
 
 class _Progress:
-    """A tqdm bar driven by (done, total) callbacks; silent when stderr is not a terminal and quiet is set."""
+    """A tqdm bar driven by (done, total) callbacks; none with --quiet. The bar appears on the first
+    callback, so nothing is drawn when the work is skipped (statistics read from the cache)."""
 
     def __init__(self, desc: str, quiet: bool) -> None:
-        from tqdm import tqdm
-
-        self.bar = None if quiet else tqdm(desc=desc, unit="img", leave=False, file=sys.stderr)
+        self.desc, self.quiet, self.bar = desc, quiet, None
 
     def __call__(self, done: int, total: int) -> None:
-        if self.bar is not None:
-            self.bar.total = total
-            self.bar.n = done
-            self.bar.refresh()
+        if self.quiet:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(desc=self.desc, total=total, unit="img", leave=False, file=sys.stderr)
+        self.bar.total = total
+        self.bar.n = done
+        self.bar.refresh()
 
     def close(self) -> None:
         if self.bar is not None:
@@ -142,10 +146,9 @@ def _solve_with_progress(rw: Any, spec: Any, quiet: bool):
     bar = None if quiet or spec.update.method != "optimize" else tqdm(total=spec.update.steps, desc="solve", leave=False, file=sys.stderr)
 
     def on_step(step: int, loss: float) -> bool:
-        if bar is not None:
-            bar.n = step
+        if bar is not None:  # update() redraws at most every `mininterval` (0.1 s), unlike refresh()
             bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-            bar.refresh()
+            bar.update(step - bar.n)
         return False
 
     try:
