@@ -336,9 +336,10 @@ class Rewriter:
         return self.stack.push(delta, edit.name, edit)
 
     def heat(self, layer: str, dirs: torch.Tensor, seeds: Sequence[int], which: int = 0) -> torch.Tensor:
-        """Heat maps (N, Hk, Wk) of direction `which` on the images `seeds`."""
+        """Heat maps (N, Hk, Wk) of direction `which` on the images `seeds`, on the CPU like `sample`."""
         spec = self.spec(layer)
-        return heat_maps(key_maps(self.model, spec, self.latents(seeds)), dirs.to(torch.float32), which)
+        keys = key_maps(self.model, spec, self.latents(seeds))
+        return heat_maps(keys, dirs.to(keys.device, torch.float32), which).cpu()
 
     def new_edit(self, layer: str, paste: Selection, copy: Selection | None = None, context: Sequence[Selection] = (),
                  update: UpdateConfig = UpdateConfig(), stats: StatsConfig = StatsConfig(), name: str = "") -> EditSpec:
