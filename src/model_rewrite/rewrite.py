@@ -119,6 +119,14 @@ def _factored_block_output(
     if obs.keys.dim() < 2 or obs.keys.shape[1] != dirs.shape[1]:
         return reference
     projected = torch.einsum("rc,bc...->br...", dirs, obs.keys)  # (B, r, *key grid)
+    shape = list(w0.shape)
+    shape[spec.key_axis] = dirs.shape[0]
+    try:
+        with torch.no_grad():  # op(0, D k): the module's constant part (its bias), to cancel
+            offset = call_with_weight(weight_module, spec.param_name, w0.new_zeros(shape), projected)
+    except Exception as exc:  # a module whose forward does not accept r channels: keep the reference path
+        log.info("layer %s: factored solve unavailable (%s); using the full layer", spec.name, exc)
+        return reference
 
     def fast(factor: torch.Tensor) -> torch.Tensor:
         change = call_with_weight(weight_module, spec.param_name, factor, projected) - offset
@@ -126,18 +134,14 @@ def _factored_block_output(
         with override_forward(weight_module, lambda *_a, **_k: obs.linear + change):
             return call_with_weight(block, spec.weight_path, weight, *obs.args, **obs.kwargs)
 
-    shape = list(w0.shape)
-    shape[spec.key_axis] = dirs.shape[0]
     probe = torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=w0.dtype).to(w0.device) * w0.std()
     try:
         with torch.no_grad():
-            offset = call_with_weight(weight_module, spec.param_name, torch.zeros_like(probe), projected)
             want, got = reference(probe), fast(probe)
-        tol = 1e-4 * float(want.abs().max()) + 1e-6
-        if want.shape == got.shape and float((want - got).abs().max()) <= tol:
+        if want.shape == got.shape and float((want - got).abs().max()) <= 1e-4 * float(want.abs().max()) + 1e-6:
             return fast
         log.info("layer %s: the factored solve does not match the full layer; using the full layer", spec.name)
-    except Exception as exc:  # a module whose forward does not accept r channels: keep the reference path
+    except Exception as exc:
         log.info("layer %s: factored solve unavailable (%s); using the full layer", spec.name, exc)
     return reference
 
@@ -178,11 +182,11 @@ def solve_update(
         b = torch.cat([residual[rows], torch.zeros_like(residual[~rows])]) if scale > 0 else residual[rows]
         factor0 = lstsq_factor(a, b, dirs.shape[0], tuple(w0.shape), spec.key_axis, config.ridge)
 
-    def block_output(factor: torch.Tensor) -> torch.Tensor:  # the reference path: the block with the full weight
+    def full_block_output(factor: torch.Tensor) -> torch.Tensor:  # the block run with the whole weight
         weight = w0 + delta_from_factors(factor, dirs, spec.key_axis)
         return call_with_weight(block, spec.weight_path, weight, *goal.obs.args, **goal.obs.kwargs)
 
-    block_output = _factored_block_output(block, weight_module, spec, w0, dirs, goal.obs, block_output)
+    block_output = _factored_block_output(block, weight_module, spec, w0, dirs, goal.obs, full_block_output)
 
     def loss_fn(factor: torch.Tensor) -> torch.Tensor:
         return _goal_loss(block_output(factor), goal, config.loss, config.preserve)
