@@ -12,8 +12,8 @@ Ratios are per round (same load), medians over rounds with quartiles.
 
 The default model has the architecture of a 64 px rosinality StyleGAN2 (z = w = 512, 8 mapping layers,
 512 channels up to 32 px, 256 at 64 px) with seeded random weights: speed does not depend on the values.
-The GPU configuration of issue 4 is `--resolution 256 --channel-multiplier 2 --device cuda --edit`
-(512 channels up to 64 px).
+The GPU configuration of issue 4 is `--resolution 256 --channel-multiplier 2 --device cuda --edit --batch-size 32
+--layers b32.conv1 b64.conv1 b128.conv1 b256.conv1` (512 channels up to 64 px).
 
 Writes benchmarks/results/stylegan2.json (or --out). Run: .venv/bin/python benchmarks/bench_stylegan2.py
 """
