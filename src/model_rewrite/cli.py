@@ -60,13 +60,12 @@ class _Progress:
     def __call__(self, done: int, total: int) -> None:
         if self.quiet:
             return
-        if self.bar is None:
+        if self.bar is None:  # the first batch is the starting point, so the rate counts from here
             from tqdm import tqdm
 
-            self.bar = tqdm(desc=self.desc, total=total, unit="img", leave=False, file=sys.stderr)
+            self.bar = tqdm(desc=self.desc, total=total, initial=done, unit="img", leave=False, file=sys.stderr)
         self.bar.total = total
-        self.bar.n = done
-        self.bar.refresh()
+        self.bar.update(done - self.bar.n)
 
     def close(self) -> None:
         if self.bar is not None:
