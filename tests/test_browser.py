@@ -224,8 +224,9 @@ def test_paint_execute_toggle_undo_save_reload_load_export(page, server, tmp_pat
 
     spec, _ = load_edit(edits_dir / "e2e-cheek.json")
     assert draft["layer"] == spec.layer and draft["name"] == spec.name
-    assert {k: draft["update"][k] for k in ("rank", "steps", "lr", "erase")} == \
-        {k: getattr(spec.update, k) for k in ("rank", "steps", "lr", "erase")}
+    assert {k: draft["update"][k] for k in ("steps", "lr", "erase")} == \
+        {k: getattr(spec.update, k) for k in ("steps", "lr", "erase")}
+    assert draft["keys"]["rank"] == spec.keys.rank
     pairs = [(draft["paste"], spec.paste), (draft["copy"], spec.copy)] + list(zip(draft["context"], spec.context))
     assert len(draft["context"]) == len(spec.context) == 2
     for got, want in pairs:

@@ -3,8 +3,8 @@ import json
 import pytest
 import torch
 
-from model_rewrite import EditSpec, Rewriter, Selection, UpdateConfig, load_edit, save_edit
-from model_rewrite.edits import edit_from_paper_request
+from model_rewrite import EditSpec, KeyConfig, Rewriter, Selection, UpdateConfig, load_edit, save_edit
+from model_rewrite.paper_format import edit_from_paper_request
 from model_rewrite.errors import IncompatibleEdit, InvalidEdit, ModelLoadError
 from model_rewrite.masks import data_url_from_mask
 from model_rewrite.update import LowRankDelta
@@ -16,10 +16,10 @@ def rw(tmp_path):
     return Rewriter("tiny", cache_dir=tmp_path / "cache")
 
 
-def _edit(rw, layer="b16", **upd):
+def _edit(rw, layer="b16", rank=1, **upd):
     m = box_mask(32, 10, 20, 10, 20)
     return rw.new_edit(layer, paste=Selection(3, m), copy=Selection(1, m), context=[Selection(3, m), Selection(4, box_mask(32, 8, 16, 8, 16))],
-                       update=UpdateConfig(steps=10, **upd), name="test")
+                       update=UpdateConfig(steps=10, **upd), keys=KeyConfig(rank=rank), name="test")
 
 
 def test_edit_file_round_trip(rw, tmp_path):

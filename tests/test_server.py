@@ -30,7 +30,8 @@ from model_rewrite.masks import data_url_from_mask
 from model_rewrite.render import to_uint8
 from model_rewrite.rewrite import LayerInfo
 from model_rewrite.server.app import create_app
-from model_rewrite.server.session import EditSession, check_save_name, default_layer, seeds_from_text
+from model_rewrite.latents import parse_seeds as seeds_from_text
+from model_rewrite.server.session import EditSession, check_save_name, default_layer
 
 RES = 32  # the tiny model's image side
 LAYER = "b16"
@@ -277,7 +278,7 @@ def test_execute_rejects_bad_edits_with_a_clear_message(client):
     assert_error(post(paste={"seed": 1, "mask": "data:image/png;base64," + "A" * 1_000_001}), 400, "paste.mask")
     assert_error(post(paste={"seed": -1, "mask": data_url_from_mask(PASTE)}), 400, "paste.seed")
     assert_error(post(copy=None), 400, "copy region", "erase")
-    assert_error(post(update={"rank": 0}), 400, "rank")
+    assert_error(post(keys={"rank": 0}), 400, "rank")
     assert_error(post(update={"steps": "many"}), 400, "update.steps")
     assert_error(post(update={"bogus": 1}), 400, "bogus")
     assert_error(post(context=[sel(1, PASTE)] * 65), 400, "context")

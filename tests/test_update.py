@@ -6,7 +6,7 @@ from torch import nn
 from model_rewrite.config import UpdateConfig
 from model_rewrite.directions import key_directions
 from model_rewrite.layers import resolve_layer
-from model_rewrite.targets import copy_paste_goal, observe
+from model_rewrite.goals import copy_paste_goal, observe
 from model_rewrite.update import (
     closed_form_insert,
     delta_from_factors,
@@ -16,7 +16,7 @@ from model_rewrite.update import (
     optimize_factor,
     project_rows,
 )
-from model_rewrite.rewrite import solve_update
+from model_rewrite.solve import solve_update
 from conftest import box_mask
 
 D64 = torch.float64
@@ -97,7 +97,7 @@ def test_constrained_optimisation_never_leaves_span_of_directions(tiny):
     keys = o2.keys[0].flatten(1).T
     cov = (keys.T @ keys / keys.shape[0]).double() + 1e-3 * torch.eye(16, dtype=D64)
     dirs = key_directions(keys, torch.ones(keys.shape[0]), cov, rank=2)
-    for cfg in (UpdateConfig(rank=2, steps=30, lr=0.05), UpdateConfig(rank=2, steps=30, loss="l2", warm_start=False, preserve=0.0)):
+    for cfg in (UpdateConfig(steps=30, lr=0.05), UpdateConfig(steps=30, loss="l2", warm_start=False, preserve=0.0)):
         result = solve_update(tiny, spec, dirs, goal, cfg)
         delta = result.delta.dense()
         # the part of the change that reads keys orthogonal to span(D) is zero
@@ -127,7 +127,7 @@ def test_closed_form_solve_reaches_a_linear_goal(tiny):
     w = tiny.b16.conv.weight.detach()
     true_factor = torch.randn(1, *w.shape[1:], generator=torch.Generator().manual_seed(7))
     new_linear = F.conv_transpose2d(obs.keys, w + delta_from_factors(true_factor, dirs, 0), stride=2, padding=1)
-    from model_rewrite.targets import Goal
+    from model_rewrite.goals import Goal
 
     goal = Goal(obs, tiny.b16.act(tiny.b16.norm(new_linear)), new_linear, (0, 16, 0, 16))
     result = solve_update(tiny, spec, dirs, goal, UpdateConfig(method="closed_form", ridge=0.0))
@@ -162,7 +162,7 @@ def _sg2():
 
 def _reference_and_factored(model, spec, r=2):
     from model_rewrite.hooks import call_with_weight, get_module
-    from model_rewrite.rewrite import _factored_block_output
+    from model_rewrite.solve import _factored_block_output
 
     obs = observe(model, spec, torch.randn(1, *model.latent_shape, generator=torch.Generator().manual_seed(3)))
     w0 = getattr(get_module(model, spec.weight_module), spec.param_name).detach()

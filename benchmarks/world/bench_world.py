@@ -34,13 +34,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from model_rewrite.config import StatsConfig, UpdateConfig
+from model_rewrite.config import KeyConfig, StatsConfig, UpdateConfig
 from model_rewrite.directions import key_directions
 from model_rewrite.hooks import call_with_weight, get_module
 from model_rewrite.masks import check_mask
 from model_rewrite.render import generate, image_grid, save_png, to_uint8
-from model_rewrite.rewrite import Rewriter, solve_update
-from model_rewrite.targets import Selection, context_keys, copy_paste_goal, erase_goal, erase_units, observe
+from model_rewrite.edits import Selection
+from model_rewrite.goals import context_keys, copy_paste_goal, erase_goal, erase_units, observe
+from model_rewrite.rewrite import Rewriter
+from model_rewrite.solve import solve_update
 from model_rewrite.update import LowRankDelta
 from model_rewrite.world import CLASS_INDEX, CLASSES, colour_labels, label_fractions, labels_from_image, rule_statistics, scenes_from_seeds
 
@@ -188,7 +190,7 @@ def prepare(rw: Rewriter, task: EditTask, pool_labels: np.ndarray, pool_images: 
     return Prepared(task, ctx, copy_sel, paste, rgb, torch.ones(1, 1, size, size))
 
 
-def build_goal(rw: Rewriter, layer: str, prep: Prepared, cfg: UpdateConfig, cov: torch.Tensor):
+def build_goal(rw: Rewriter, layer: str, prep: Prepared, cfg: UpdateConfig, cov: torch.Tensor, key_cfg: KeyConfig = KeyConfig()):
     """Directions and goal exactly as `Rewriter.solve` builds them, but with any second moment `cov`."""
     spec = rw.spec(layer)
     res = rw.info.resolution
@@ -199,7 +201,7 @@ def build_goal(rw: Rewriter, layer: str, prep: Prepared, cfg: UpdateConfig, cov:
 
     ctx = [sel(s, "context")[:2] for s in prep.context]
     keys, weights = context_keys(ctx)
-    dirs = key_directions(keys, weights, cov, cfg.rank, cfg.eig_floor)
+    dirs = key_directions(keys, weights, cov, key_cfg.rank, key_cfg.eig_floor)
     paste_obs, paste_mask, paste_z = sel(prep.paste, "paste")
     if prep.copy is None:
         units = erase_units(ctx, cov, cfg.erase_units)
@@ -359,7 +361,7 @@ def run(args: argparse.Namespace) -> dict:
         "ours_rank1_closed_form": {"cfg": UpdateConfig(method="closed_form")},
         "ours_rank1_default": {"cfg": UpdateConfig(steps=default_steps)},
         "ours_rank1_reference": {"cfg": UpdateConfig(steps=ref_steps, lr=0.05, preserve=0.0)},
-        f"ours_rank{args.rank}": {"cfg": UpdateConfig(rank=args.rank, steps=default_steps)},
+        f"ours_rank{args.rank}": {"cfg": UpdateConfig(steps=default_steps), "keys": KeyConfig(rank=args.rank)},
         "ablation_identity_cov": {"cfg": UpdateConfig(steps=default_steps), "identity": True},
         "finetune_layer_full_rank": {"cfg": UpdateConfig(steps=ref_steps, lr=args.layer_lr, preserve=0.0), "full": True},
         "finetune_all_weights": {"all": True},
@@ -373,7 +375,8 @@ def run(args: argparse.Namespace) -> dict:
                          "features": feat.kind},
         "finetune_layer_lr": args.layer_lr, "commit": _git_commit(), "torch": torch.__version__,
         "threads": torch.get_num_threads(), "machine": platform.machine(),
-        "configs": {k: (v["cfg"].__dict__ if "cfg" in v else None) for k, v in methods.items()},
+        "configs": {k: ({**v.get("keys", KeyConfig()).__dict__, **v["cfg"].__dict__} if "cfg" in v else None)
+                    for k, v in methods.items()},
     }, "rules": rules, "edits": {}}
     examples: dict[str, dict[str, np.ndarray]] = {}
     for task in TASKS:
@@ -406,7 +409,8 @@ def run(args: argparse.Namespace) -> dict:
                     spec, dirs, goal = build_goal(rw, layer, prep, cfg, torch.eye(cov.shape[0], dtype=cov.dtype))
                     delta = solve_update(rw.model, spec, dirs, goal, cfg).delta
                 else:
-                    edit = rw.new_edit(layer, prep.paste, prep.copy, prep.context, update=cfg, stats=stats_cfg, name=name)
+                    edit = rw.new_edit(layer, prep.paste, prep.copy, prep.context, update=cfg, stats=stats_cfg, name=name,
+                                       keys=m.get("keys", KeyConfig()))
                     delta = rw.solve(edit).delta
                 seconds = time.perf_counter() - t0
                 rw.stack.push(delta, name)

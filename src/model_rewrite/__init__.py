@@ -12,21 +12,24 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "Rewriter": "rewrite",
-    "SolveResult": "rewrite",
     "LayerInfo": "rewrite",
-    "solve_update": "rewrite",
+    "SolveResult": "solve",
+    "solve_update": "solve",
     "load_generator": "models",
     "ModelInfo": "models",
     "LayerSpec": "layers",
-    "Selection": "targets",
+    "Selection": "edits",
+    "KeyConfig": "config",
     "StatsConfig": "config",
     "UpdateConfig": "config",
     "RenderConfig": "config",
     "EditSpec": "edits",
-    "EditStack": "edits",
+    "EditStack": "stack",
     "save_edit": "edits",
     "load_edit": "edits",
-    "edit_from_paper_request": "edits",
+    "edit_from_paper_request": "paper_format",
+    "measure_edit": "report",
+    "EditReport": "report",
     "LowRankDelta": "update",
     "key_directions": "directions",
     "collect_key_stats": "stats",
@@ -37,16 +40,19 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .config import RenderConfig, StatsConfig, UpdateConfig
+    from .config import KeyConfig, RenderConfig, StatsConfig, UpdateConfig
     from .directions import key_directions
-    from .edits import EditSpec, EditStack, edit_from_paper_request, load_edit, save_edit
+    from .edits import EditSpec, Selection, load_edit, save_edit
     from .errors import RewriteError
     from .export import export_model
     from .layers import LayerSpec
     from .models import ModelInfo, load_generator
-    from .rewrite import LayerInfo, Rewriter, SolveResult, solve_update
+    from .paper_format import edit_from_paper_request
+    from .report import EditReport, measure_edit
+    from .rewrite import LayerInfo, Rewriter
+    from .solve import SolveResult, solve_update
+    from .stack import EditStack
     from .stats import collect_key_stats
-    from .targets import Selection
     from .update import LowRankDelta
 
 

@@ -12,7 +12,7 @@ import typing
 from pathlib import Path
 from typing import Any, Sequence
 
-from .config import RenderConfig, StatsConfig, UpdateConfig
+from .config import KeyConfig, RenderConfig, StatsConfig, UpdateConfig
 from .errors import RewriteError
 
 log = logging.getLogger("model_rewrite")
@@ -35,18 +35,19 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str) ->
 
 def _config_from_flags(args: argparse.Namespace, cls: type, base: Any = None) -> Any:
     base = base if base is not None else cls()
-    changes = {f.name: getattr(args, f"{cls.__name__}.{f.name}") for f in dataclasses.fields(cls)}
+    changes = {f.name: getattr(args, f"{cls.__name__}.{f.name}", None) for f in dataclasses.fields(cls)}
     return dataclasses.replace(base, **{k: v for k, v in changes.items() if v is not None})
 
 
 def _seeds(args: argparse.Namespace) -> list[int]:
+    from .latents import MAX_SEED, parse_seeds
+
     if getattr(args, "seeds", None):
-        try:
-            return [int(s) for s in args.seeds.split(",") if s.strip()]
-        except ValueError:
-            raise RewriteError(f"--seeds must be a comma-separated list of integers, got {args.seeds!r}") from None
+        return parse_seeds(args.seeds)
     if args.samples < 1:
         raise RewriteError("--samples must be at least 1")
+    if args.seed < 0 or args.seed + args.samples - 1 > MAX_SEED:
+        raise RewriteError(f"--seed and --samples must name seeds from 0 to {MAX_SEED}")
     return list(range(args.seed, args.seed + args.samples))
 
 
@@ -124,19 +125,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 def _load_edit_for(rw: Any, path: Path, args: argparse.Namespace):
     """An EditSpec (and saved factors) from our format, or from the paper's format with --layer."""
-    from .edits import edit_from_paper_request, is_paper_request, load_edit, read_edit_json
-    from .errors import InvalidEdit
+    from .paper_format import read_edit_or_request
 
-    data = read_edit_json(path)
-    if is_paper_request(data):
-        if not args.layer:
-            raise InvalidEdit(f"{path} is in the paper's request format, which names no layer: pass --layer (and --model)")
-        spec = edit_from_paper_request(data, model=rw.info.model_id, fingerprint=rw.info.fingerprint, layer=args.layer)
-        return spec, None
-    spec, delta = load_edit(path)
-    if args.layer and args.layer != spec.layer:
-        raise InvalidEdit(f"--layer {args.layer} differs from the edit's layer {spec.layer}; drop --layer")
-    return spec, delta
+    return read_edit_or_request(path, model=rw.info.model_id, fingerprint=rw.info.fingerprint, layer=args.layer)
 
 
 def _solve_with_progress(rw: Any, spec: Any, quiet: bool):
@@ -157,28 +148,35 @@ def _solve_with_progress(rw: Any, spec: Any, quiet: bool):
             bar.close()
 
 
+def _with_flags(spec: Any, delta: Any, args: argparse.Namespace) -> tuple[Any, Any]:
+    """The edit with the command line's config overrides; its saved factors only while nothing changed."""
+    changed = {name: _config_from_flags(args, cls, getattr(spec, name))
+               for name, cls in (("keys", KeyConfig), ("update", UpdateConfig), ("stats", StatsConfig))}
+    if any(cfg != getattr(spec, name) for name, cfg in changed.items()) or getattr(args, "resolve", False):
+        return dataclasses.replace(spec, **changed), None
+    return spec, delta
+
+
 def cmd_apply(args: argparse.Namespace) -> int:
+    from .cache import atomic_write_bytes
     from .edits import save_edit
     from .export import export_model
     from .render import image_grid, overlay, save_png, to_uint8
-    from .report import change_report, fire_regions
-    from .cache import atomic_write_bytes
+    from .report import measure_edit
 
     rw = _rewriter(args)
     out = Path(args.out)
     paths = [Path(p) for p in args.edits]
     seeds = _seeds(args)
     render_cfg = _config_from_flags(args, RenderConfig)
+    edits = []
+    for path in paths:  # read and check every edit before any work
+        spec, delta = _with_flags(*_load_edit_for(rw, path, args), args)
+        edits.append((path, rw.check_edit(spec), delta))
     before = rw.sample(seeds)
     reports = []
-    for path in paths:
-        spec, delta = _load_edit_for(rw, path, args)
-        upd = _config_from_flags(args, UpdateConfig, spec.update)
-        st = _config_from_flags(args, StatsConfig, spec.stats)
-        if upd != spec.update or st != spec.stats or args.resolve:
-            spec, delta = dataclasses.replace(spec, update=upd, stats=st), None
-        used = sorted({s.seed for s in spec.context} | {spec.paste.seed} | ({spec.copy.seed} if spec.copy else set()))
-        overlap = sorted(set(used) & set(seeds))
+    for path, spec, delta in edits:
+        overlap = sorted(set(spec.selection_seeds) & set(seeds))
         if overlap:
             log.warning("held-out seeds %s are also used by the edit's selections", overlap)
         bar = _Progress(f"stats {spec.layer}", args.quiet)
@@ -187,7 +185,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         finally:
             bar.close()
         t0 = time.perf_counter()
-        info: dict[str, Any] = {"edit": str(path), "name": spec.name, "layer": spec.layer}
+        info: dict[str, Any] = {"edit": str(path)}
         if delta is None:
             result = _solve_with_progress(rw, spec, args.quiet)
             delta = result.delta
@@ -195,17 +193,14 @@ def cmd_apply(args: argparse.Namespace) -> int:
                         goal_loss=result.goal_loss, steps=len(result.losses))
         else:
             info.update(solve_seconds=0.0, reused_factors=True)
-        edit_before = rw.sample(seeds)
-        rw.apply(spec, delta)
-        after = rw.sample(seeds)
-        heats = rw.heat(spec.layer, delta.dirs, seeds, render_cfg.heat_rank)
-        regions, th = fire_regions(heats, rw.info.resolution, render_cfg.fire_quantile)
-        rep = change_report(edit_before, after, regions, th, render_cfg.fire_quantile)
-        info.update(rep.to_dict(), seconds=round(time.perf_counter() - t0, 3))
+        entry = rw.apply(spec, delta)
+        m = measure_edit(rw, entry.id, seeds, render_cfg)
+        info.update(m.report.to_dict(), seconds=round(time.perf_counter() - t0, 3))
+        info.pop("heldout_seeds")
         reports.append(info)
         stem = path.stem if len(paths) > 1 else "edit"
         save_edit(out / f"{stem}.json", spec, delta)
-        rows = [to_uint8(edit_before), overlay(to_uint8(edit_before), regions), to_uint8(after)]  # before, where it fires, after
+        rows = [to_uint8(m.before), overlay(to_uint8(m.before), m.regions), to_uint8(m.after)]  # before, where it fires, after
         save_png(image_grid(rows, scale=args.scale), out / (f"{stem}-grid.png" if len(paths) > 1 else "grid.png"))
     summary = {"model": rw.info.model_id, "fingerprint": rw.info.fingerprint, "heldout_seeds": seeds, "edits": reports}
     if reports:
@@ -227,14 +222,19 @@ def cmd_search(args: argparse.Namespace) -> int:
     from .cache import atomic_write_bytes
 
     rw = _rewriter(args)
-    spec, _ = _load_edit_for(rw, Path(args.edit), args)
-    context = list(spec.context) or [spec.paste]
-    dirs = rw.directions(spec.layer, context, spec.update.rank, spec.stats, spec.update.eig_floor)
+    spec, _ = _with_flags(*_load_edit_for(rw, Path(args.edit), args), args)
+    if args.top < 1:
+        raise RewriteError("--top must be at least 1")
+    render_cfg = _config_from_flags(args, RenderConfig)
+    dirs = rw.edit_directions(rw.check_edit(spec))
+    if render_cfg.heat_direction >= dirs.shape[0]:
+        raise RewriteError(f"--heat-direction {render_cfg.heat_direction} is out of range: the edit has "
+                           f"{dirs.shape[0]} direction(s), numbered from 0")
     seeds = _seeds(args)
-    heats = rw.heat(spec.layer, dirs, seeds)
+    heats = rw.heat(spec.layer, dirs, seeds, render_cfg.heat_direction)
     order, scores = rank_by_heat(heats)
     top = order[: args.top]
-    regions, th = fire_regions(heats, rw.info.resolution, _config_from_flags(args, RenderConfig).fire_quantile)
+    regions, th = fire_regions(heats, rw.info.resolution, render_cfg.fire_quantile)
     imgs = to_uint8(rw.sample([seeds[i] for i in top.tolist()]))
     out = Path(args.out)
     save_png(image_grid([overlay(imgs, regions[top])], scale=args.scale), out / "matches.png")
@@ -283,7 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
         if seeds:
             p.add_argument("--seed", type=int, default=1000, help="first seed of the images to render (default 1000)")
             p.add_argument("--samples", type=int, default=samples, help=f"number of images (default {samples})")
-            p.add_argument("--seeds", default=None, help="comma-separated seeds (instead of --seed/--samples)")
+            p.add_argument("--seeds", default=None, help="seeds as ranges and lists, e.g. '0-15' or '3,7,20-29' "
+                                                         "(instead of --seed/--samples)")
             p.add_argument("--scale", type=int, default=2, help="pixel scale of written grids (default 2)")
 
     p = sub.add_parser("layers", help="list the editable layers")
@@ -308,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--resolve", action="store_true", help="solve again even if solved factors lie beside the edit")
     common(p, seeds=True)
+    _add_config_flags(p, KeyConfig, "context directions")
     _add_config_flags(p, UpdateConfig, "update")
     _add_config_flags(p, StatsConfig, "statistics")
     _add_config_flags(p, RenderConfig, "report")
@@ -318,6 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--top", type=int, default=16, help="matches to show (default 16)")
     common(p, seeds=True, samples=256)
+    _add_config_flags(p, KeyConfig, "context directions")
+    _add_config_flags(p, StatsConfig, "statistics")
     _add_config_flags(p, RenderConfig, "report")
     p.set_defaults(func=cmd_search)
 

@@ -32,10 +32,26 @@ class StatsConfig:
 
 
 @dataclass(frozen=True)
-class UpdateConfig:
-    """How the weight update is solved."""
+class KeyConfig:
+    """What defines an edit's context directions D, besides its layer, context masks and StatsConfig.
 
-    rank: int = 1  # rank r of the change (number of context directions)
+    Every user of the directions (the solve, search, match overlays, reports) reads them through
+    `Rewriter.directions`, which takes this config and the edit's StatsConfig.
+    """
+
+    rank: int = 1  # rank r of the change: the number of context directions
+    eig_floor: float = 1e-6  # relative floor on eigenvalues of C when whitening
+
+    def __post_init__(self) -> None:
+        _check_ranges(self)
+        if not self.eig_floor >= 0 or self.eig_floor >= 1:
+            raise InvalidEdit(f"KeyConfig.eig_floor must lie in [0, 1), got {self.eig_floor!r}")
+
+
+@dataclass(frozen=True)
+class UpdateConfig:
+    """How the weight update along the context directions is solved."""
+
     method: str = "optimize"  # "optimize" (constrained Adam, warm started), "closed_form"
     steps: int = 150  # Adam steps of the constrained optimisation (ref: 2000)
     lr: float = 0.05  # Adam learning rate (ref: 0.05)
@@ -45,7 +61,6 @@ class UpdateConfig:
     preserve: float = 1.0  # weight of keeping the paste image unchanged outside the box (ref: 0)
     erase: bool = False  # erase variant: the goal zeroes the units that fire in the context
     erase_units: int = 30  # units zeroed by the erase variant (ref: 30 or 60)
-    eig_floor: float = 1e-6  # relative floor on eigenvalues of C when whitening
     ridge: float = 1e-4  # relative ridge of the closed-form least squares
 
     def __post_init__(self) -> None:
@@ -60,7 +75,7 @@ class RenderConfig:
     """How previews and reports are made."""
 
     fire_quantile: float = 0.98  # a location "fires" when its heat exceeds this quantile
-    heat_rank: int = 0  # which context direction draws the heat map
+    heat_direction: int = 0  # index of the context direction that draws the heat map (0: the strongest)
 
     def __post_init__(self) -> None:
         _check_ranges(self)
@@ -106,6 +121,8 @@ def config_from_dict(cls: type[T], data: dict[str, Any] | None) -> T:
 
 def _check_ranges(cfg: Any) -> None:
     positive = ("rank", "num_samples", "batch_size", "erase_units")
+    if hasattr(cfg, "heat_direction") and cfg.heat_direction < 0:
+        raise InvalidEdit("RenderConfig.heat_direction must be 0 or more (0 is the strongest direction)")
     for name in positive:
         if hasattr(cfg, name) and getattr(cfg, name) < 1:
             raise InvalidEdit(f"{type(cfg).__name__}.{name} must be at least 1")

@@ -1,26 +1,36 @@
-"""Edits as data: the versioned EditSpec (JSON + safetensors factors) and the exact EditStack."""
+"""The edit file format: painted Selections, the versioned EditSpec (JSON) and its solved factors
+(safetensors beside it), and reading the original paper's request files.
+
+This module is data only: it imports no forward-pass code."""
 
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
-from torch import nn
 
 from .cache import atomic_write_bytes, load_tensors, save_tensors
-from .config import StatsConfig, UpdateConfig, config_from_dict, config_to_dict
+from .config import KeyConfig, StatsConfig, UpdateConfig, config_from_dict, config_to_dict
 from .errors import IncompatibleEdit, InvalidEdit
 from .masks import data_url_from_mask, mask_from_data_url
-from .targets import Selection
 from .update import LowRankDelta
 
 EDIT_FORMAT = "model-rewrite-edit"
-EDIT_VERSION = 1
-_SPEC_KEYS = {"format", "version", "name", "model", "fingerprint", "layer", "context", "copy", "paste", "update", "stats", "note"}
+EDIT_VERSION = 2  # 2: the direction settings (rank, eig_floor) moved from "update" to "keys"
+_SPEC_KEYS = {"format", "version", "name", "model", "fingerprint", "layer", "context", "copy", "paste", "keys",
+              "update", "stats", "note"}
+_KEY_FIELDS_V1 = ("rank", "eig_floor")  # version 1 kept these in "update"
+
+
+@dataclass(frozen=True)
+class Selection:
+    """A painted region on one generated image: the image's seed and a soft mask (H, W) in [0, 1]."""
+
+    seed: int
+    mask: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -28,7 +38,8 @@ class EditSpec:
     """Everything needed to (re)solve one edit: model, layer, selections and configs.
 
     `fingerprint` is that of the unedited model the edit was made for; `copy` is None for the
-    erase variant; an empty `context` means "the paste region is the context".
+    erase variant; an empty `context` means "the paste region is the context". `keys` and `stats`
+    define the context directions; `update` how the change along them is solved.
     """
 
     model: str
@@ -41,6 +52,18 @@ class EditSpec:
     stats: StatsConfig = field(default_factory=StatsConfig)
     name: str = ""
     note: str = ""
+    keys: KeyConfig = field(default_factory=KeyConfig)
+
+    @property
+    def context_or_paste(self) -> tuple[Selection, ...]:
+        """The selections whose keys define the directions: the context, or the paste region without one."""
+        return self.context or (self.paste,)
+
+    @property
+    def selection_seeds(self) -> list[int]:
+        """Seeds of every image the edit paints on (sorted, unique)."""
+        seeds = {s.seed for s in self.context} | {self.paste.seed} | ({self.copy.seed} if self.copy else set())
+        return sorted(seeds)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (masks as PNG data URLs)."""
@@ -55,6 +78,7 @@ class EditSpec:
             "context": [sel(s) for s in self.context],
             "copy": sel(self.copy) if self.copy is not None else None,
             "paste": sel(self.paste),
+            "keys": config_to_dict(self.keys),
             "update": config_to_dict(self.update),
             "stats": config_to_dict(self.stats),
             "note": self.note,
@@ -65,13 +89,16 @@ class EditSpec:
         """Parse and validate the JSON form; InvalidEdit names what is wrong."""
         if not isinstance(data, dict):
             raise InvalidEdit("an edit file must hold a JSON object")
-        if is_paper_request(data):
+        if "format" not in data and "paste" in data:  # paper_format.is_paper_request, without importing it
             raise InvalidEdit("this looks like the original paper's request format; load it with "
-                              "edit_from_paper_request (CLI: pass --model and --layer)")
+                              "model_rewrite.paper_format.edit_from_paper_request (CLI: pass --model and --layer)")
         if data.get("format") != EDIT_FORMAT:
             raise InvalidEdit(f"not a model-rewrite edit (format is {data.get('format')!r}, expected {EDIT_FORMAT!r})")
+        if data.get("version") == 1:
+            data = _upgrade_v1(data)
         if data.get("version") != EDIT_VERSION:
-            raise IncompatibleEdit(f"edit format version {data.get('version')!r} is not supported (this version reads {EDIT_VERSION})")
+            raise IncompatibleEdit(f"edit format version {data.get('version')!r} is not supported "
+                                   f"(this version reads 1 and {EDIT_VERSION})")
         unknown = sorted(set(data) - _SPEC_KEYS)
         if unknown:
             raise InvalidEdit(f"unknown key(s) {unknown} in edit; allowed keys are {sorted(_SPEC_KEYS)}")
@@ -90,22 +117,22 @@ class EditSpec:
             paste=selection_from_dict(data["paste"], "paste"),
             copy=selection_from_dict(data["copy"], "copy") if data.get("copy") is not None else None,
             context=tuple(selection_from_dict(s, f"context[{i}]") for i, s in enumerate(context)),
+            keys=config_from_dict(KeyConfig, data.get("keys")),
             update=config_from_dict(UpdateConfig, data.get("update")),
             stats=config_from_dict(StatsConfig, data.get("stats")),
             name=str(data.get("name", "")),
             note=str(data.get("note", "")),
         )
 
-    def check_model(self, model_id: str, fingerprint: str, layers: list[str]) -> None:
-        """IncompatibleEdit unless this edit was made for this model (by fingerprint) and layer."""
-        if self.fingerprint != fingerprint:
-            raise IncompatibleEdit(
-                f"edit {self.name or '(unnamed)'} was made for model {self.model!r} with fingerprint "
-                f"{self.fingerprint}, but the loaded model {model_id!r} has fingerprint {fingerprint}; "
-                f"load the model the edit was made for (--model {self.model})"
-            )
-        if self.layer not in layers:
-            raise IncompatibleEdit(f"edit layer {self.layer!r} is not an editable layer of this model ({layers})")
+
+def _upgrade_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 edit read as version 2: rank and eig_floor move from "update" to "keys"."""
+    data = dict(data, version=EDIT_VERSION)
+    update = data.get("update")
+    if isinstance(update, dict) and "keys" not in data:
+        data["keys"] = {k: update[k] for k in _KEY_FIELDS_V1 if k in update}
+        data["update"] = {k: v for k, v in update.items() if k not in _KEY_FIELDS_V1}
+    return data
 
 
 def selection_from_dict(data: Any, what: str) -> Selection:
@@ -116,34 +143,6 @@ def selection_from_dict(data: Any, what: str) -> Selection:
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise InvalidEdit(f"{what}.seed must be a non-negative integer, got {seed!r}")
     return Selection(seed, mask_from_data_url(data["mask"]))
-
-
-def edit_from_paper_request(request: Any, *, model: str, fingerprint: str, layer: str, update: UpdateConfig | None = None) -> EditSpec:
-    """Convert the original paper's request (`key`, `object`, `paste` lists of [imgnum, data-url]).
-
-    The image number becomes our seed; the paper's files do not name their model or layer, so the
-    caller must.
-    """
-    if not isinstance(request, dict) or "paste" not in request:
-        raise InvalidEdit("a paper-format request is an object with 'paste' (and 'key', 'object') entries")
-    unknown = sorted(set(request) - {"key", "object", "paste"})
-    if unknown:
-        raise InvalidEdit(f"unknown key(s) {unknown} in the paper-format request (allowed: key, object, paste)")
-
-    def sels(entry: Any, what: str) -> list[Selection]:
-        if entry is None:
-            return []
-        if not isinstance(entry, list) or not all(isinstance(e, list) and len(e) == 2 for e in entry):
-            raise InvalidEdit(f"paper-format '{what}' must be a list of [imgnum, data-url] pairs")
-        return [selection_from_dict({"seed": e[0], "mask": e[1]}, f"{what}[{i}]") for i, e in enumerate(entry)]
-
-    paste = sels(request["paste"], "paste")
-    obj = sels(request.get("object"), "object")
-    if len(paste) != 1 or len(obj) > 1:
-        raise InvalidEdit("paper-format request needs exactly one 'paste' and at most one 'object' entry")
-    upd = update or UpdateConfig()
-    return EditSpec(model=model, fingerprint=fingerprint, layer=layer, paste=paste[0], copy=obj[0] if obj else None,
-                    context=tuple(sels(request.get("key"), "key")), update=upd if obj else replace(upd, erase=True))
 
 
 def factors_path(path: Path) -> Path:
@@ -177,11 +176,6 @@ def read_edit_json(path: str | Path) -> Any:
         raise InvalidEdit(f"edit file {path} is not valid JSON: {exc}") from None
 
 
-def is_paper_request(data: Any) -> bool:
-    """Whether parsed JSON is in the original paper's request format (no format marker, a 'paste' entry)."""
-    return isinstance(data, dict) and "format" not in data and "paste" in data
-
-
 def load_edit(path: str | Path) -> tuple[EditSpec, LowRankDelta | None]:
     """Read an edit JSON and, if present and matching, its solved factors."""
     path = Path(path)
@@ -198,111 +192,3 @@ def load_edit(path: str | Path) -> tuple[EditSpec, LowRankDelta | None]:
     return spec, delta
 
 
-@dataclass
-class StackEntry:
-    """One applied edit in an EditStack."""
-
-    id: int
-    name: str
-    delta: LowRankDelta
-    spec: EditSpec | None = None
-
-
-class EditStack:
-    """The model's edited weights are always W0 + the sum of the active deltas, in order.
-
-    Each change recomputes the weight from the saved W0, so undo, redo and removal are exact to
-    the bit: removing the first of two edits leaves exactly the weight of applying the second alone.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        self._base: dict[str, torch.Tensor] = {}
-        self.entries: list[StackEntry] = []
-        self.undone: list[StackEntry] = []
-        self._next_id = 1
-
-    def _param(self, path: str) -> nn.Parameter:
-        params = dict(self.model.named_parameters())
-        if path not in params:
-            raise IncompatibleEdit(f"the model has no parameter {path!r}")
-        return params[path]
-
-    def base_weight(self, path: str) -> torch.Tensor:
-        """W0 of a parameter (its value before any edit of this stack)."""
-        return self._base.get(path, self._param(path).detach())
-
-    def base_weights(self) -> dict[str, torch.Tensor]:
-        """W0 of every parameter this stack has touched."""
-        return dict(self._base)
-
-    @contextmanager
-    def lifted(self) -> Iterator[None]:
-        """Inside the block the model has its original weights W0; the edits come back afterwards."""
-        saved = list(self.entries)
-        self.entries.clear()
-        try:
-            for path in self._base:
-                self._sync(path)
-            yield
-        finally:
-            self.entries.extend(saved)
-            for path in self._base:
-                self._sync(path)
-
-    def push(self, delta: LowRankDelta, name: str = "", spec: EditSpec | None = None) -> StackEntry:
-        """Apply an edit on top of the stack; clears the redo list."""
-        param = self._param(delta.param_path)
-        if delta.dense().shape != param.shape:
-            raise IncompatibleEdit(f"edit delta has shape {tuple(delta.dense().shape)} but {delta.param_path} is {tuple(param.shape)}")
-        if not delta.is_finite():
-            raise InvalidEdit("refusing to apply an edit with NaN or infinite values")
-        self._base.setdefault(delta.param_path, param.detach().clone())
-        entry = StackEntry(self._next_id, name or f"edit {self._next_id}", delta, spec)
-        self._next_id += 1
-        self.entries.append(entry)
-        self.undone.clear()
-        self._sync(delta.param_path)
-        return entry
-
-    def undo(self) -> StackEntry | None:
-        """Remove the last edit (it can be redone)."""
-        if not self.entries:
-            return None
-        entry = self.entries.pop()
-        self.undone.append(entry)
-        self._sync(entry.delta.param_path)
-        return entry
-
-    def redo(self) -> StackEntry | None:
-        """Re-apply the last undone edit."""
-        if not self.undone:
-            return None
-        entry = self.undone.pop()
-        self.entries.append(entry)
-        self._sync(entry.delta.param_path)
-        return entry
-
-    def remove(self, entry_id: int) -> StackEntry:
-        """Remove any one edit, leaving the others exactly as if it had never been applied."""
-        for i, entry in enumerate(self.entries):
-            if entry.id == entry_id:
-                del self.entries[i]
-                self._sync(entry.delta.param_path)
-                return entry
-        raise KeyError(f"no active edit with id {entry_id}")
-
-    def revert_all(self) -> None:
-        """Remove every edit; the weights become W0 again, bit for bit."""
-        self.undone.extend(reversed(self.entries))
-        self.entries.clear()
-        for path in self._base:
-            self._sync(path)
-
-    def _sync(self, path: str) -> None:
-        weight = self._base[path].clone()
-        for entry in self.entries:
-            if entry.delta.param_path == path:
-                weight += entry.delta.dense().to(weight.device, weight.dtype)
-        with torch.no_grad():
-            self._param(path).copy_(weight)

@@ -56,12 +56,19 @@ def image_grid(rows: list[np.ndarray], pad: int = 2, scale: int = 1) -> np.ndarr
 
 
 def png_bytes(image: np.ndarray) -> bytes:
-    """PNG encoding of an (H, W, 3) uint8 array."""
+    """PNG encoding of an (H, W, 3) RGB or (H, W, 4) RGBA uint8 array."""
     from PIL import Image
 
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def data_url(png: bytes) -> str:
+    """A `data:image/png;base64,...` URL of PNG bytes (for JSON answers and edit files)."""
+    import base64
+
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
 def save_png(image: np.ndarray, path: str | Path) -> Path:

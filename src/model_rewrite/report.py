@@ -1,14 +1,23 @@
-"""Measuring an edit: where its rule fires on held-out images and how much pixels change there vs elsewhere."""
+"""Measuring an edit: where its rule fires on held-out images and how much pixels change there vs elsewhere.
+
+`measure_edit` is the one measurement, used by `model-rewrite apply` (report.json, grids), the web app
+and the benchmarks; the pure functions below it take tensors and return tensors or numbers.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
+from .config import RenderConfig
+from .errors import InvalidEdit
 from .render import upsample_map
 from .search import fire_threshold
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .rewrite import Rewriter
 
 
 @dataclass(frozen=True)
@@ -23,7 +32,31 @@ class ChangeReport:
     quantile: float
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class EditReport:
+    """What one applied edit did on held-out images: the change report plus which edit and images."""
+
+    name: str
+    layer: str
+    seeds: tuple[int, ...]
+    change: ChangeReport
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat JSON-ready dict (the change figures at top level, as in report.json)."""
+        return {"name": self.name, "layer": self.layer, "heldout_seeds": list(self.seeds), **self.change.to_dict()}
+
+
+@dataclass
+class Measurement:
+    """An EditReport with the images it was measured on, for grids and overlays."""
+
+    report: EditReport
+    before: torch.Tensor  # (N, 3, R, R) in [-1, 1], the model without this edit
+    after: torch.Tensor  # (N, 3, R, R), the model with it
+    regions: torch.Tensor  # (N, R, R) bool, where the edit's direction fires
 
 
 def fire_regions(heats: torch.Tensor, resolution: int, quantile: float) -> tuple[torch.Tensor, float]:
@@ -38,3 +71,37 @@ def change_report(before: torch.Tensor, after: torch.Tensor, regions: torch.Tens
     inside = float(change[regions].mean()) if regions.any() else 0.0
     outside = float(change[~regions].mean()) if (~regions).any() else 0.0
     return ChangeReport(inside, outside, inside / max(outside, 1e-12), float(regions.float().mean()), threshold, quantile)
+
+
+def measure_edit(rw: "Rewriter", entry_id: int, seeds: Sequence[int], config: RenderConfig = RenderConfig()) -> Measurement:
+    """Measure the active edit `entry_id` of `rw.stack` on the images `seeds`.
+
+    Before = the model with every active edit but this one; after = the model as it is. The firing
+    regions come from the edit's own direction `config.heat_direction` (its strongest by default).
+    """
+    entry = next((e for e in rw.stack.entries if e.id == entry_id), None)
+    if entry is None:
+        raise InvalidEdit(f"no active edit has id {entry_id}")
+    seeds = list(seeds)
+    if not seeds:
+        raise InvalidEdit("measure an edit on at least one image")
+    if config.heat_direction >= entry.delta.rank:
+        raise InvalidEdit(f"heat_direction {config.heat_direction} is out of range: edit {entry.name!r} has "
+                          f"{entry.delta.rank} direction(s), numbered from 0")
+    layer = entry.spec.layer if entry.spec is not None else _layer_of(rw, entry.delta.param_path)
+    with rw.stack.without(entry.id):
+        before = rw.sample(seeds)
+    after = rw.sample(seeds)
+    heats = rw.heat(layer, entry.delta.dirs, seeds, config.heat_direction)
+    regions, th = fire_regions(heats, rw.info.resolution, config.fire_quantile)
+    change = change_report(before, after, regions, th, config.fire_quantile)
+    return Measurement(EditReport(entry.name, layer, tuple(seeds), change), before, after, regions)
+
+
+def _layer_of(rw: "Rewriter", param_path: str) -> str:
+    from .layers import editable_layers
+
+    for spec in editable_layers(rw.model):
+        if spec.param_path == param_path:
+            return spec.name
+    raise InvalidEdit(f"no editable layer owns {param_path}")

@@ -13,13 +13,15 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
-from ..config import RenderConfig, StatsConfig, UpdateConfig, config_to_dict
-from ..edits import EDIT_FORMAT, EDIT_VERSION, EditSpec, StackEntry, selection_from_dict
+from ..config import KeyConfig, RenderConfig, StatsConfig, UpdateConfig, config_from_dict, config_to_dict
+from ..edits import EDIT_FORMAT, EDIT_VERSION, EditSpec, Selection, selection_from_dict
 from ..errors import IncompatibleEdit, InvalidEdit, RewriteError
+from ..latents import parse_seeds
+from ..render import data_url
 from ..rewrite import Rewriter
-from ..targets import Selection
+from ..stack import StackEntry
 from . import schemas as S
-from .session import EditSession, Job, NameTaken, NotFound, SessionBusy, _data_url, seeds_from_text
+from .session import EditSession, Job, NameTaken, NotFound, SessionBusy
 
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
@@ -86,6 +88,10 @@ def _selection(sel: S.SelectionIn, what: str) -> Selection:
     return selection_from_dict(sel.model_dump(), what)
 
 
+def _direction_configs(body: S.ContextIn) -> tuple[KeyConfig, StatsConfig]:
+    return config_from_dict(KeyConfig, body.keys.model_dump()), config_from_dict(StatsConfig, body.stats.model_dump())
+
+
 def _spec_from_input(session: EditSession, edit: S.EditIn) -> EditSpec:
     """The EditSpec the page describes, parsed by the same code that reads edit files."""
     data = edit.model_dump(by_alias=True)
@@ -144,7 +150,7 @@ def create_app(session: EditSession) -> FastAPI:
             model=rw.info.model_id, fingerprint=rw.info.fingerprint, kind=rw.info.kind, resolution=rw.info.resolution,
             layers=[S.LayerOut(name=l.name, kind=l.kind, key_size=l.key_size, value_shape=list(l.value_shape),
                                key_resolution=l.key_resolution, resolution=l.resolution) for l in session.layers],
-            default_layer=session.default_layer, update=config_to_dict(UpdateConfig()),
+            default_layer=session.default_layer, keys=config_to_dict(KeyConfig()), update=config_to_dict(UpdateConfig()),
             stats=config_to_dict(StatsConfig()), fire_quantile=RenderConfig().fire_quantile, max_page=S.MAX_PAGE,
             edits_dir=str(session.edits_dir), session=session.nonce,
         )
@@ -155,7 +161,7 @@ def create_app(session: EditSession) -> FastAPI:
                 per_page: int = Query(16, ge=1, le=S.MAX_PAGE),
                 which: str = Query("edited", pattern="^(edited|original|both)$")) -> S.GalleryOut:
         """One page of a seed range or list; its images are rendered (batched) before the answer."""
-        all_seeds = seeds_from_text(seeds)
+        all_seeds = parse_seeds(seeds)
         pages = max(1, -(-len(all_seeds) // per_page))
         page = min(page, pages - 1)
         shown = all_seeds[page * per_page : (page + 1) * per_page]
@@ -182,9 +188,9 @@ def create_app(session: EditSession) -> FastAPI:
     @app.post("/api/search", response_model=S.SearchOut)
     def search(body: S.SearchIn) -> S.SearchOut:
         """Rank candidate seeds by how strongly the context direction fires on them."""
-        candidates = seeds_from_text(body.seeds, limit=S.MAX_SEARCH)
+        candidates = parse_seeds(body.seeds, limit=S.MAX_SEARCH)
         context = [_selection(s, f"context[{i}]") for i, s in enumerate(body.context)]
-        state, best = session.search(body.layer, context, body.rank, candidates, body.top_k)
+        state, best = session.search(body.layer, context, *_direction_configs(body), candidates, body.top_k)
         return S.SearchOut(matches=[S.Match(seed=s, score=v, url=_image_url(state, s)) for s, v in best],
                            searched=len(candidates))
 
@@ -192,9 +198,9 @@ def create_app(session: EditSession) -> FastAPI:
     def matches(body: S.MatchesIn) -> S.MatchesOut:
         """Overlays of where the context fires on each image (above the quantile of the heat)."""
         context = [_selection(s, f"context[{i}]") for i, s in enumerate(body.context)]
-        threshold, items = session.matches(body.layer, context, body.rank, body.seeds, body.quantile, body.which)
+        threshold, items = session.matches(body.layer, context, *_direction_configs(body), body.seeds, body.quantile, body.which)
         return S.MatchesOut(threshold=threshold, quantile=body.quantile,
-                            overlays=[S.Overlay(seed=s, image=_data_url(png), fraction=f) for s, png, f in items])
+                            overlays=[S.Overlay(seed=s, image=data_url(png), fraction=f) for s, png, f in items])
 
     # --- executing edits ----------------------------------------------------------------
     @app.post("/api/execute", response_model=S.JobOut, status_code=202)

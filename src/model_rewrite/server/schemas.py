@@ -8,13 +8,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from ..config import StatsConfig, UpdateConfig
+from ..config import KeyConfig, StatsConfig, UpdateConfig
+from ..latents import MAX_SEED
 
 MAX_MASK_CHARS = 1_000_000  # a PNG data URL of one mask; a 64x64 mask is a few kB
 MAX_CONTEXT = 64  # context selections in one request
 MAX_PAGE = 64  # images in one gallery page or overlay request
 MAX_SEARCH = 2000  # candidate images of one context search
-MAX_SEED = 2**31 - 1
 
 
 class _Strict(BaseModel):
@@ -31,6 +31,7 @@ def _mirror(cls: type, name: str) -> type[BaseModel]:
     return create_model(name, __config__=ConfigDict(extra="forbid", strict=True), **fields)
 
 
+KeyConfigIn = _mirror(KeyConfig, "KeyConfigIn")
 UpdateConfigIn = _mirror(UpdateConfig, "UpdateConfigIn")
 StatsConfigIn = _mirror(StatsConfig, "StatsConfigIn")
 
@@ -49,6 +50,7 @@ class EditIn(_Strict):
     paste: SelectionIn
     copy_: SelectionIn | None = Field(default=None, alias="copy")  # "copy" would shadow BaseModel.copy
     context: list[SelectionIn] = Field(default_factory=list, max_length=MAX_CONTEXT)
+    keys: KeyConfigIn = Field(default_factory=KeyConfigIn)  # type: ignore[valid-type]
     update: UpdateConfigIn = Field(default_factory=UpdateConfigIn)  # type: ignore[valid-type]
     stats: StatsConfigIn = Field(default_factory=StatsConfigIn)  # type: ignore[valid-type]
     name: str = Field(default="", max_length=200)
@@ -56,11 +58,13 @@ class EditIn(_Strict):
 
 
 class ContextIn(_Strict):
-    """The context of a search or overlay request."""
+    """The context of a search or overlay request, with the settings that define its directions
+    (the same `keys` and `stats` as an edit's)."""
 
     layer: str
     context: list[SelectionIn] = Field(min_length=1, max_length=MAX_CONTEXT)
-    rank: int = Field(default=1, ge=1, le=64)
+    keys: KeyConfigIn = Field(default_factory=KeyConfigIn)  # type: ignore[valid-type]
+    stats: StatsConfigIn = Field(default_factory=StatsConfigIn)  # type: ignore[valid-type]
 
 
 class SearchIn(ContextIn):
@@ -119,6 +123,7 @@ class InfoOut(BaseModel):
     resolution: int
     layers: list[LayerOut]
     default_layer: str
+    keys: dict[str, Any]  # KeyConfig defaults
     update: dict[str, Any]  # UpdateConfig defaults
     stats: dict[str, Any]  # StatsConfig defaults
     fire_quantile: float

@@ -18,19 +18,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..edits import EditSpec, StackEntry, factors_path, load_edit, save_edit
+from ..config import KeyConfig, StatsConfig
+from ..edits import EditSpec, Selection, factors_path, load_edit, save_edit
 from ..errors import InvalidEdit, RewriteError
 from ..masks import bounding_box, box_center, check_mask, paste_box, png_bytes_from_mask
-from ..render import overlay, png_bytes, to_uint8, upsample_map
+from ..render import data_url, overlay, png_bytes, to_uint8
+from ..report import fire_regions
 from ..rewrite import LayerInfo, Rewriter
-from ..search import fire_threshold, rank_by_heat
-from ..targets import Selection
+from ..search import rank_by_heat
+from ..stack import StackEntry
 from ..update import LowRankDelta
 
 log = logging.getLogger(__name__)
 
-MAX_SEED = 2**31 - 1
-MAX_SEED_LIST = 100_000  # seeds one gallery specification may name
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
 _RENDER_CACHE_SIZE = 4096  # images (about 12 kB each at 64 px, plus their PNGs)
 _HEAT_BATCH = 64
@@ -50,28 +50,6 @@ class NameTaken(RewriteError):
 
 class _Cancelled(Exception):
     pass
-
-
-def seeds_from_text(text: str, limit: int = MAX_SEED_LIST) -> list[int]:
-    """Seeds from "0-15", "3,7,12" or "0-7, 20, 30-31" (ranges inclusive), in the order given."""
-    seeds: list[int] = []
-    parts = [p.strip() for p in str(text).split(",") if p.strip()]
-    if not parts:
-        raise InvalidEdit("give seeds as a range or list, e.g. '0-15' or '3,7,12'")
-    for part in parts:
-        m = re.fullmatch(r"(\d+)\s*(?:-\s*(\d+))?", part)
-        if not m:
-            raise InvalidEdit(f"cannot read seeds {part!r}: use ranges like '0-15' and lists like '3,7,12'")
-        lo = int(m.group(1))
-        hi = int(m.group(2)) if m.group(2) is not None else lo
-        if hi < lo:
-            raise InvalidEdit(f"seed range {part!r} runs backwards; write it as '{hi}-{lo}'")
-        if hi > MAX_SEED:
-            raise InvalidEdit(f"seeds must be at most {MAX_SEED}, got {hi}")
-        if len(seeds) + hi - lo + 1 > limit:
-            raise InvalidEdit(f"'{text}' names more than {limit} seeds; choose a smaller range")
-        seeds.extend(range(lo, hi + 1))
-    return seeds
 
 
 def check_save_name(name: str) -> str:
@@ -263,13 +241,7 @@ class EditSession:
     def check_edit(self, spec: EditSpec) -> EditSpec:
         """An edit this session can run: this model, an editable layer, masks at image size."""
         self.rw.spec(spec.layer)  # LayerNotFound (400) names the choices
-        spec.check_model(self.rw.info.model_id, self.rw.info.fingerprint, self.layer_names)
-        self.check_selection(spec.paste, "paste")
-        if spec.copy is not None:
-            self.check_selection(spec.copy, "copy")
-        for i, s in enumerate(spec.context):
-            self.check_selection(s, f"context[{i}]")
-        return spec
+        return self.rw.check_edit(spec)
 
     def preview(self, copy: Selection, paste: Selection | None) -> dict:
         """What the copy takes (RGBA crop) and, with a paste, the pixel composite and its box."""
@@ -280,7 +252,7 @@ class EditSession:
         alpha = copy.mask.numpy()
         cy0, cy1, cx0, cx1 = bounding_box(copy.mask, 1e-3)
         crop = np.concatenate([imgs[0], (alpha[..., None] * 255).round().astype(np.uint8)], -1)[cy0:cy1, cx0:cx1]
-        out = {"copy": _data_url(_png_rgba(crop)), "copy_box": [cy0, cy1, cx0, cx1], "composite": None, "paste_box": None}
+        out = {"copy": data_url(png_bytes(crop)), "copy_box": [cy0, cy1, cx0, cx1], "composite": None, "paste_box": None}
         if paste is not None:
             res = self.resolution
             y0, y1, x0, x1 = paste_box(box_center(bounding_box(paste.mask, 1e-3)), cy1 - cy0, cx1 - cx0, (res, res))
@@ -288,15 +260,17 @@ class EditSession:
             comp = imgs[1].astype(np.float32)
             src = imgs[0][cy0 : cy0 + y1 - y0, cx0 : cx0 + x1 - x0].astype(np.float32)
             comp[y0:y1, x0:x1] = (1 - a) * comp[y0:y1, x0:x1] + a * src
-            out["composite"] = _data_url(png_bytes(comp.round().clip(0, 255).astype(np.uint8)))
+            out["composite"] = data_url(png_bytes(comp.round().clip(0, 255).astype(np.uint8)))
             out["paste_box"] = [y0, y1, x0, x1]
         return out
 
-    def _directions(self, layer: str, context: Sequence[Selection], rank: int) -> torch.Tensor:
-        """Context directions (r, C_in), cached by weights state, layer, rank and masks. Lock held."""
-        key = (self.state(), layer, rank, tuple((s.seed, hashlib.sha1(png_bytes_from_mask(s.mask)).hexdigest()) for s in context))
+    def _directions(self, layer: str, context: Sequence[Selection], keys: KeyConfig, stats: StatsConfig) -> torch.Tensor:
+        """Context directions (r, C_in) from `Rewriter.directions`, cached by weights state, layer, configs
+        and masks. Lock held."""
+        key = (self.state(), layer, keys, stats,
+               tuple((s.seed, hashlib.sha1(png_bytes_from_mask(s.mask)).hexdigest()) for s in context))
         if key not in self._dirs:
-            self._dirs[key] = self.rw.directions(layer, list(context), rank)
+            self._dirs[key] = self.rw.directions(layer, list(context), keys, stats)
             while len(self._dirs) > 32:
                 self._dirs.popitem(last=False)
         return self._dirs[key]
@@ -304,33 +278,32 @@ class EditSession:
     def _heat_locked(self, layer: str, dirs: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
         return torch.cat([self.rw.heat(layer, dirs, seeds[i : i + _HEAT_BATCH]) for i in range(0, len(seeds), _HEAT_BATCH)])
 
-    def search(self, layer: str, context: Sequence[Selection], rank: int, seeds: Sequence[int], top_k: int) -> tuple[str, list[tuple[int, float]]]:
+    def search(self, layer: str, context: Sequence[Selection], keys: KeyConfig, stats: StatsConfig, seeds: Sequence[int],
+               top_k: int) -> tuple[str, list[tuple[int, float]]]:
         """The `top_k` of `seeds` whose max heat along the first context direction is highest."""
         context = [self.check_selection(s, f"context[{i}]") for i, s in enumerate(context)]
         with self.model_access():
             self.rw.spec(layer)
-            dirs = self._directions(layer, context, rank)
+            dirs = self._directions(layer, context, keys, stats)
             order, scores = rank_by_heat(self._heat_locked(layer, dirs, seeds))
             best = [(int(seeds[int(i)]), float(s)) for i, s in zip(order[:top_k], scores[:top_k])]
             state = self.state()
             self._render_locked(state, [s for s, _ in best])
             return state, best
 
-    def matches(self, layer: str, context: Sequence[Selection], rank: int, seeds: Sequence[int], quantile: float,
-                which: str = "edited") -> tuple[float, list[tuple[int, bytes, float]]]:
+    def matches(self, layer: str, context: Sequence[Selection], keys: KeyConfig, stats: StatsConfig, seeds: Sequence[int],
+                quantile: float, which: str = "edited") -> tuple[float, list[tuple[int, bytes, float]]]:
         """Where the context fires on `seeds`: locations above the `quantile` of their heat, as overlays."""
         context = [self.check_selection(s, f"context[{i}]") for i, s in enumerate(context)]
         with self.model_access():
             self.rw.spec(layer)
-            dirs = self._directions(layer, context, rank)
+            dirs = self._directions(layer, context, keys, stats)
             heats = self._heat_locked(layer, dirs, seeds)  # (N, Hk, Wk)
-            threshold = fire_threshold(heats, quantile)
             state = self.state() if which == "edited" else self.base_state
             imgs = np.stack(self._render_locked(state, seeds))
-        fire = heats > threshold
-        regions = upsample_map(fire.float(), self.resolution) > 0.5  # (N, H, W)
+        regions, threshold = fire_regions(heats, self.resolution, quantile)  # (N, H, W)
         tinted = overlay(imgs, regions)
-        return threshold, [(s, png_bytes(t), float(f.float().mean())) for s, t, f in zip(seeds, tinted, fire)]
+        return threshold, [(s, png_bytes(t), float((h > threshold).float().mean())) for s, t, h in zip(seeds, tinted, heats)]
 
     # --- jobs -----------------------------------------------------------------------------
     def start_job(self, spec: EditSpec, kind: str = "execute") -> Job:
@@ -457,8 +430,7 @@ class EditSession:
 
     def import_edit(self, name: str, data: dict, *, overwrite: bool = False) -> Path:
         """Validate an edit file's JSON and store it (without factors) under `name`."""
-        spec = EditSpec.from_dict(data)
-        spec.check_model(self.rw.info.model_id, self.rw.info.fingerprint, self.layer_names)
+        spec = self.rw.check_edit(EditSpec.from_dict(data))
         return self.save(name, overwrite=overwrite, spec=spec)
 
     def saved_edits(self) -> list[dict]:
@@ -472,7 +444,7 @@ class EditSession:
             try:
                 spec, _ = load_edit(path)
                 item.update(layer=spec.layer, model=spec.model)
-                spec.check_model(self.rw.info.model_id, self.rw.info.fingerprint, self.layer_names)
+                self.rw.check_edit(spec)
                 item["compatible"] = True
             except RewriteError as exc:
                 item["error"] = str(exc)
@@ -504,19 +476,3 @@ class EditSession:
             edits = [e.spec.to_dict() if e.spec is not None else {"name": e.name} for e in self.rw.stack.entries]
             path = export_model(self.rw.model, self.rw.info, Path(tmp) / "model.safetensors", edits=edits)
             return path.read_bytes()
-
-
-def _png_rgba(image: np.ndarray) -> bytes:
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _data_url(png: bytes) -> str:
-    import base64
-
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")

@@ -21,6 +21,7 @@ const app = {
   searchSeeds: [],
   historyEntries: [],
   loadedUpdate: {}, // UpdateConfig fields of the last loaded edit
+  loadedKeys: {}, // its KeyConfig
   loadedStats: null, // its StatsConfig
 };
 
@@ -386,7 +387,7 @@ async function search() {
   if (!context.length) return say("paint a context region (or a paste region) first", "error");
   say("searching…");
   const out = await guarded(() => api("POST", "/api/search", {
-    layer: $("#layer").value, context, rank: Number($("#rank").value), seeds: $("#search-seeds").value, top_k: 12,
+    layer: $("#layer").value, context, ...directionConfigs(), seeds: $("#search-seeds").value, top_k: 12,
   }));
   if (!out) return;
   const root = $("#search-results");
@@ -425,7 +426,7 @@ async function showMatches() {
   }
   const which = app.view === "original" ? "original" : "edited";
   const out = await guarded(() => api("POST", "/api/matches", {
-    layer: $("#layer").value, context, rank: Number($("#rank").value), seeds: app.gallery.seeds,
+    layer: $("#layer").value, context, ...directionConfigs(), seeds: app.gallery.seeds,
     quantile: Number($("#quantile").value), which,
   }));
   if (!out || seq !== matchSeq || !$("#show-matches").checked) return;
@@ -440,8 +441,15 @@ async function showMatches() {
 // Settings of a loaded edit that the page has no control for are kept, so re-executing it changes nothing else.
 function updateConfig() {
   return {
-    ...app.loadedUpdate, rank: Number($("#rank").value), steps: Number($("#steps").value), lr: Number($("#lr").value),
-    erase: $("#erase").checked,
+    ...app.loadedUpdate, steps: Number($("#steps").value), lr: Number($("#lr").value), erase: $("#erase").checked,
+  };
+}
+
+// What defines the context directions (KeyConfig and StatsConfig): the same for Execute, Search and matches.
+function directionConfigs() {
+  return {
+    keys: { ...app.loadedKeys, rank: Number($("#rank").value) },
+    ...(app.loadedStats ? { stats: app.loadedStats } : {}),
   };
 }
 
@@ -454,7 +462,7 @@ function draftJson() {
   return {
     layer: $("#layer").value, name, paste: selectionJson(d.paste), copy: d.copy ? selectionJson(d.copy) : null,
     context: [...d.context].map(([seed, mask]) => ({ seed, mask: maskDataUrl(mask) })), update: updateConfig(),
-    ...(app.loadedStats ? { stats: app.loadedStats } : {}),
+    ...directionConfigs(),
   };
 }
 
@@ -628,9 +636,11 @@ async function showEdit(edit) {
   if (app.info.layers.some((l) => l.name === edit.layer)) $("#layer").value = edit.layer;
   describeLayer();
   const u = edit.update || {};
+  const k = edit.keys || {};
   app.loadedUpdate = { ...u };
+  app.loadedKeys = { ...k };
   app.loadedStats = edit.stats ? { ...edit.stats } : null;
-  if (u.rank !== undefined) $("#rank").value = u.rank;
+  if (k.rank !== undefined) $("#rank").value = k.rank;
   if (u.steps !== undefined) $("#steps").value = u.steps;
   if (u.lr !== undefined) $("#lr").value = u.lr;
   $("#erase").checked = !!u.erase;
@@ -693,7 +703,8 @@ async function init() {
   }
   sel.value = info.default_layer;
   describeLayer();
-  for (const k of ["rank", "steps", "lr"]) $(`#${k}`).value = info.update[k];
+  $("#rank").value = info.keys.rank;
+  for (const k of ["steps", "lr"]) $(`#${k}`).value = info.update[k];
   $("#erase").checked = info.update.erase;
   $("#quantile").value = info.fire_quantile;
   $("#quantile-out").textContent = Number(info.fire_quantile).toFixed(3);

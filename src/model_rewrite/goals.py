@@ -1,4 +1,5 @@
-"""The user's selections and the goal they define: keys under the context, and the copy-paste target."""
+"""What the user's selections mean at a layer: the keys under the context, and the goal the edited layer
+should write on the paste image (the copy-paste composite, or the erase target)."""
 
 from __future__ import annotations
 
@@ -14,14 +15,6 @@ from .hooks import get_module, replace_input, trace
 from .layers import LayerSpec
 from .masks import Box, bounding_box, box_center, paste_box, resize_mask
 from .stats import rows_from_map
-
-
-@dataclass(frozen=True)
-class Selection:
-    """A painted region on one generated image: the image's seed and a soft mask (H, W) in [0, 1]."""
-
-    seed: int
-    mask: torch.Tensor
 
 
 @dataclass
