@@ -25,9 +25,3 @@ def tiny():
 @pytest.fixture
 def cache_dir(tmp_path):
     return tmp_path / "cache"
-
-
-def box_mask(size: int, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
-    m = torch.zeros(size, size)
-    m[y0:y1, x0:x1] = 1.0
-    return m

@@ -11,9 +11,9 @@ import re
 import numpy as np
 import pytest
 import torch
-from server_fixtures import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, image_from_png, live_server
+from helpers import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, FACE_MODEL_REASON, has_face_model, image_from_png, live_server
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.skipif(not has_face_model(), reason=FACE_MODEL_REASON)]
 
 if not os.path.exists(CHROMIUM):
     pytest.skip(f"browser tests need Debian's Chromium at {CHROMIUM} (apt-get install -y chromium)", allow_module_level=True)

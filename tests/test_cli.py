@@ -8,7 +8,7 @@ import pytest
 
 from model_rewrite import Rewriter, Selection, UpdateConfig, save_edit
 from model_rewrite.cli import main
-from conftest import box_mask
+from helpers import FACE_MODEL_REASON, box_mask, has_face_model
 
 SUBCOMMANDS = ["layers", "sample", "stats", "apply", "search", "export", "serve"]
 
@@ -71,6 +71,16 @@ def test_layers_sample_stats_search_export(tmp_path, edit_file, capsys):
     assert "max difference 0.00e+00" in capsys.readouterr().out
 
 
+@pytest.mark.skipif(not has_face_model(), reason=FACE_MODEL_REASON)
+def test_an_edit_for_another_model_is_refused_naming_the_loaded_model(tmp_path, edit_file):
+    p = subprocess.run([sys.executable, "-m", "model_rewrite.cli", "apply", str(edit_file), "--model", "faces", "--out",
+                        str(tmp_path / "x"), "--quiet"], capture_output=True, text=True)
+    err = p.stderr.strip()
+    assert p.returncode == 2 and "\n" not in err
+    assert "made for model 'tiny'" in err and "the loaded model 'faces'" in err
+    assert not (tmp_path / "x").exists()  # refused before any output
+
+
 def test_errors_are_one_line_with_nonzero_exit(tmp_path, edit_file):
     def run(*args):
         p = subprocess.run([sys.executable, "-m", "model_rewrite.cli", *args], capture_output=True, text=True)
@@ -78,8 +88,6 @@ def test_errors_are_one_line_with_nonzero_exit(tmp_path, edit_file):
 
     rc, err = run("layers", "--model", "nope")
     assert rc == 2 and err.startswith("error: unknown model") and "\n" not in err
-    rc, err = run("apply", str(edit_file), "--model", "faces", "--out", str(tmp_path / "x"), "--quiet")
-    assert rc == 2 and "fingerprint" in err and "\n" not in err
     (tmp_path / "broken.json").write_text("{")
     rc, err = run("apply", str(tmp_path / "broken.json"), "--model", "tiny", "--out", str(tmp_path / "y"))
     assert rc == 2 and "not valid JSON" in err
@@ -118,3 +126,41 @@ def test_an_edit_on_a_small_stylegan2_through_the_cli(tmp_path):
     rw.apply(spec2, delta)
     assert torch.equal(exported.sample([1000, 1001]), rw.sample([1000, 1001]))
     assert main(["search", str(edit), "--model", model, "--samples", "8", "--top", "4", "--out", str(tmp_path / "s"), *c]) == 0
+
+
+def test_search_reads_directions_with_the_edits_own_key_and_statistics_settings(tmp_path):
+    """One source of directions: `search` must use the edit's KeyConfig and StatsConfig, not the defaults.
+
+    The expected scores are built from the lower-level pieces (statistics, context keys, whitened SVD,
+    heat = max over the key grid of d . k), and the defaults are checked to give other scores."""
+    import torch
+
+    from model_rewrite import KeyConfig, StatsConfig, collect_key_stats, key_directions
+    from model_rewrite.goals import context_keys, observe
+    from model_rewrite.search import key_maps
+
+    rw = Rewriter("tiny", cache_dir=tmp_path / "c")
+    m, m2 = box_mask(32, 12, 20, 12, 20), box_mask(32, 4, 12, 18, 28)
+    stats, keys = StatsConfig(num_samples=40, batch_size=20), KeyConfig(rank=2, eig_floor=1e-2)
+    spec = rw.new_edit("b16", paste=Selection(3, m), copy=Selection(1, m), context=[Selection(3, m), Selection(4, m2)],
+                       stats=stats, keys=keys)
+    path = save_edit(tmp_path / "e.json", spec)
+    seeds = list(range(50, 60))
+    assert main(["search", str(path), "--model", "tiny", "--cache-dir", str(tmp_path / "c"), "--seeds", "50-59",
+                 "--out", str(tmp_path / "s"), "--quiet"]) == 0
+    got = {r["seed"]: r["score"] for r in json.loads((tmp_path / "s" / "matches.json").read_text())["ranking"]}
+
+    layer = rw.spec("b16")
+
+    def scores(st: StatsConfig, kc: KeyConfig) -> dict[int, float]:
+        cov = collect_key_stats(rw.model, layer, st, latent_shape=rw.info.latent_shape).moment
+        obs = [(observe(rw.model, layer, rw.latents([s.seed])), s.mask) for s in spec.context]
+        d = key_directions(*context_keys(obs), cov, kc.rank, kc.eig_floor)
+        k = key_maps(rw.model, layer, rw.latents(seeds))
+        heat = torch.einsum("nchw,c->nhw", k.double(), d[0].double())
+        return {s: float(h.max()) for s, h in zip(seeds, heat)}
+
+    want = scores(stats, keys)
+    assert got.keys() == want.keys() and all(abs(got[s] - want[s]) <= 1e-4 * max(1.0, abs(want[s])) for s in seeds)
+    default = scores(StatsConfig(), KeyConfig())
+    assert max(abs(default[s] - want[s]) for s in seeds) > 1e-2  # the settings matter, so the test can fail

@@ -3,10 +3,14 @@
 import json
 from pathlib import Path
 
+import pytest
 import torch
+from helpers import FACE_MODEL_REASON, has_face_model
 
 from model_rewrite import Rewriter, load_edit
 from model_rewrite.cli import main
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not has_face_model(), reason=FACE_MODEL_REASON)]
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

@@ -8,7 +8,7 @@ from model_rewrite.paper_format import edit_from_paper_request
 from model_rewrite.errors import IncompatibleEdit, InvalidEdit, ModelLoadError
 from model_rewrite.masks import data_url_from_mask
 from model_rewrite.update import LowRankDelta
-from conftest import box_mask
+from helpers import box_mask
 
 
 @pytest.fixture

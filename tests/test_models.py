@@ -4,6 +4,8 @@ import pytest
 import torch
 from torch import nn
 
+from helpers import FACE_MODEL_REASON, has_face_model
+
 from model_rewrite import load_generator
 from model_rewrite.errors import ModelLoadError
 from model_rewrite.latents import latent_from_seed, latent_stream, latents_from_seeds
@@ -31,6 +33,7 @@ def test_key_map_is_explicit():
         state_dict_from_sequential({"net.0.weight": torch.zeros(1)}, model)
 
 
+@pytest.mark.skipif(not has_face_model(), reason=FACE_MODEL_REASON)
 def test_default_face_model_matches_the_reference_layout_exactly():
     path = faces_checkpoint_path()
     assert hashlib.sha256(path.read_bytes()).hexdigest() == FACES_SHA256

@@ -21,7 +21,7 @@ with warnings.catch_warnings():  # starlette's notice about httpx versions
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
-from server_fixtures import box_mask, image_from_png, live_server
+from helpers import box_mask, image_from_png, live_server
 
 from model_rewrite import Rewriter
 from model_rewrite.edits import load_edit

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import box_mask
 from stylegan2_reference import modulated_conv, reference_forward, rosinality_state_dict, upfirdn
 
 from model_rewrite.errors import ModelLoadError
@@ -303,12 +304,6 @@ def test_missing_file_and_pickled_objects_are_refused(tmp_path):
 
 # --- an edit through the API -------------------------------------------------------------------
 
-def _box_mask(res: int, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
-    m = torch.zeros(res, res)
-    m[y0:y1, x0:x1] = 1.0
-    return m
-
-
 def test_an_edit_through_the_api_changes_images_where_the_context_fires(tmp_path, checkpoint):
     from model_rewrite import Rewriter, Selection, StatsConfig, UpdateConfig
     from model_rewrite.render import upsample_map
@@ -316,8 +311,8 @@ def test_an_edit_through_the_api_changes_images_where_the_context_fires(tmp_path
     rw = Rewriter(f"stylegan2:{checkpoint}", cache_dir=tmp_path / "cache")
     layer = "b16.conv1"
     assert layer in [info.name for info in rw.layers()]
-    edit = rw.new_edit(layer, paste=Selection(1, _box_mask(32, 4, 14, 4, 14)), copy=Selection(2, _box_mask(32, 16, 26, 16, 26)),
-                       context=[Selection(1, _box_mask(32, 4, 14, 4, 14)), Selection(3, _box_mask(32, 8, 20, 8, 20))],
+    edit = rw.new_edit(layer, paste=Selection(1, box_mask(32, 4, 14, 4, 14)), copy=Selection(2, box_mask(32, 16, 26, 16, 26)),
+                       context=[Selection(1, box_mask(32, 4, 14, 4, 14)), Selection(3, box_mask(32, 8, 20, 8, 20))],
                        update=UpdateConfig(steps=30), stats=StatsConfig(num_samples=200, batch_size=50))
     held_out = list(range(10, 26))
     before = rw.sample([1] + held_out)
@@ -327,7 +322,7 @@ def test_an_edit_through_the_api_changes_images_where_the_context_fires(tmp_path
 
     # the paste image changes inside the paste box more than elsewhere (later layers and the recomputed
     # demodulation spread some change outside it; measured ratio 2.3)
-    inside = _box_mask(32, 4, 14, 4, 14).bool()
+    inside = box_mask(32, 4, 14, 4, 14).bool()
     assert change[0][inside].mean() > 1.5 * change[0][~inside].mean()
 
     # on held-out images the change follows where the rule's direction fires: the layer output moves by

@@ -17,7 +17,7 @@ from model_rewrite.update import (
     project_rows,
 )
 from model_rewrite.solve import solve_update
-from conftest import box_mask
+from helpers import box_mask
 
 D64 = torch.float64
 

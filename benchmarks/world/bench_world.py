@@ -44,7 +44,7 @@ from model_rewrite.goals import context_keys, copy_paste_goal, erase_goal, erase
 from model_rewrite.rewrite import Rewriter
 from model_rewrite.solve import solve_update
 from model_rewrite.update import LowRankDelta
-from model_rewrite.world import CLASS_INDEX, CLASSES, colour_labels, label_fractions, labels_from_image, rule_statistics, scenes_from_seeds
+from world import CLASS_INDEX, CLASSES, colour_labels, label_fractions, labels_from_image, rule_statistics, scenes_from_seeds
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent

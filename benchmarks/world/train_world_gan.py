@@ -29,7 +29,7 @@ from torch import nn
 from model_rewrite.export import export_model
 from model_rewrite.models import ModelInfo, fingerprint_model
 from model_rewrite.models.dcgan import DCGANGenerator
-from model_rewrite.world import label_fractions, labels_from_image, rule_statistics, scenes_from_seeds
+from world import label_fractions, labels_from_image, rule_statistics, scenes_from_seeds
 
 HERE = Path(__file__).resolve().parent
 TRAIN_SEEDS_START = 0  # training scenes are seeds 0..data-1; held-out scenes start at 1_000_000

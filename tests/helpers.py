@@ -1,4 +1,5 @@
-"""Shared helpers of the web-app tests: a live `serve()` process on a free port, masks and PNG decoding."""
+"""Helpers shared by the tests: masks, PNG decoding, a live `serve()` process on a free port, the flags of
+Chromium, and whether the real default model is installed."""
 
 from __future__ import annotations
 
@@ -20,6 +21,14 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+FACE_MODEL_REASON = "the default face model's wheel is absent: pip install --no-deps gan-face-generate==1.1.1"
+
+
+def has_face_model() -> bool:
+    """Whether the default face model's wheel (gan-face-generate) is installed."""
+    import importlib.util
+
+    return importlib.util.find_spec("gan_face_generate") is not None
 
 
 def box_mask(res: int, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
