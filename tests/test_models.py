@@ -10,7 +10,8 @@ from model_rewrite import load_generator
 from model_rewrite.errors import ModelLoadError
 from model_rewrite.latents import latent_from_seed, latent_stream, latents_from_seeds
 from model_rewrite.models import FACES_SHA256, faces_checkpoint_path, load_dcgan_checkpoint
-from model_rewrite.models.dcgan import DCGANGenerator, state_dict_from_sequential
+from model_rewrite.models.dcgan import DCGANGenerator
+from model_rewrite.models.formats.dcgan import state_dict_from_sequential
 
 
 def _reference_sequential(nz=100, ngf=64, nc=3) -> nn.Sequential:

@@ -27,7 +27,7 @@ from torch import nn
 
 from model_rewrite.errors import ModelLoadError
 from model_rewrite.models import load_generator
-from model_rewrite.models.nvidia_pickle import PersistentRecord, read_network_pickle, state_dict_from_record
+from model_rewrite.models.formats.nvidia import PersistentRecord, read_network_pickle, state_dict_from_record
 
 TOL = {"rtol": 1e-4, "atol": 1e-4}
 STUB_SRC = "# stand-in for training/networks.py\nimport os\nos.system('echo this source must never run')\n"

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from model_rewrite.errors import ModelLoadError
 from model_rewrite.hooks import run_until
 from model_rewrite.models import load_generator
-from model_rewrite.models.progan import progan_from_state_dict
+from model_rewrite.models.formats.progan import progan_from_state_dict
 
 TOL = {"rtol": 1e-4, "atol": 1e-4}
 

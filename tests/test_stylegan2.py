@@ -21,7 +21,8 @@ from stylegan2_reference import modulated_conv, reference_forward, rosinality_st
 from model_rewrite.errors import ModelLoadError
 from model_rewrite.hooks import call_with_weight, trace
 from model_rewrite.models import fingerprint_model, load_generator
-from model_rewrite.models.stylegan2 import StyleGAN2Generator, stylegan2_from_rosinality, upfirdn2d
+from model_rewrite.models.formats.rosinality import stylegan2_from_rosinality
+from model_rewrite.models.stylegan2 import StyleGAN2Generator, upfirdn2d
 
 TOL = {"rtol": 1e-4, "atol": 1e-4}
 

@@ -154,7 +154,7 @@ def test_adam_step_matches_torch_optim_adam():
 def _sg2():
     from stylegan2_reference import rosinality_state_dict
 
-    from model_rewrite.models.stylegan2 import stylegan2_from_rosinality
+    from model_rewrite.models.formats.rosinality import stylegan2_from_rosinality
 
     sd, latent_avg = rosinality_state_dict(size=32, style_dim=32, n_mlp=2, seed=0)
     return stylegan2_from_rosinality({"g_ema": sd, "latent_avg": latent_avg}, "fixture")

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from model_rewrite.export import export_model
-from model_rewrite.models import ModelInfo, fingerprint_model
+from model_rewrite.models import model_info
 from model_rewrite.models.dcgan import DCGANGenerator
 from world import label_fractions, labels_from_image, rule_statistics, scenes_from_seeds
 
@@ -92,7 +92,7 @@ def _git_commit(given: str = "") -> str:
 def export(ema: DCGANGenerator, args: argparse.Namespace, log: dict, out: Path, d: nn.Module | None = None) -> None:
     g = copy.deepcopy(ema).cpu()
     recompute_batchnorm(g, args.nz, torch.Generator().manual_seed(args.seed + 1))
-    info = ModelInfo("world_gan", "dcgan", fingerprint_model(g), 64, (args.nz, 1, 1), "benchmarks/world/train_world_gan.py")
+    info = model_info(g, "world_gan", "benchmarks/world/train_world_gan.py")
     export_model(g, info, out)
     with torch.no_grad():
         imgs = g(torch.randn(256, args.nz, 1, 1, generator=torch.Generator().manual_seed(12345)))

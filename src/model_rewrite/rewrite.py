@@ -20,7 +20,7 @@ from .hooks import get_module
 from .latents import latents_from_seeds
 from .layers import LayerSpec, editable_layers, resolve_layer
 from .masks import check_mask
-from .models import ModelInfo, fingerprint_model, load_generator
+from .models import ModelInfo, load_generator, model_info
 from .render import generate
 from .search import heat_maps, key_maps
 from .solve import SolveResult, StepCallback, solve_update
@@ -52,8 +52,7 @@ class Rewriter:
                  info: ModelInfo | None = None) -> None:
         if isinstance(model, nn.Module):
             self.model = model.to(device).eval()
-            self.info = info or ModelInfo("custom", type(model).__name__, fingerprint_model(model),
-                                          int(getattr(model, "resolution", 0)), tuple(getattr(model, "latent_shape", ())), "in memory")
+            self.info = info or model_info(self.model, "custom", "in memory")
         else:
             self.model, self.info = load_generator(model, device)
         for p in self.model.parameters():

@@ -4,7 +4,7 @@ layers to offer for editing (see docs/models.md for a worked example)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -12,9 +12,7 @@ from torch import nn
 from ..errors import LayerNotFound, ModelLoadError
 from ..hooks import get_module
 from ..layers import LayerSpec, key_axis_of
-
-if TYPE_CHECKING:  # pragma: no cover
-    from . import ModelInfo
+from .info import ModelInfo, model_info
 
 InputFromLatent = Callable[[torch.Tensor], Any]
 ImageFromOutput = Callable[[Any], torch.Tensor]
@@ -131,7 +129,4 @@ class GeneratorAdapter(nn.Module):
 
     def model_info(self, model_id: str | None = None) -> ModelInfo:
         """A ModelInfo for `Rewriter(adapter, info=adapter.model_info())`: id, fingerprint, resolution, latents."""
-        from . import ModelInfo, fingerprint_model
-
-        return ModelInfo(model_id or self.name, "adapter", fingerprint_model(self), self.resolution, self.latent_shape,
-                         f"in-memory {type(self.net).__name__} (adapter)")
+        return model_info(self, model_id or self.name, f"in-memory {type(self.net).__name__} (adapter)")

@@ -1,4 +1,4 @@
-"""Our own DCGAN generator with named blocks, and the key map from the standard `main.N` layout."""
+"""Our own DCGAN generator with named blocks (network only: models/formats/dcgan.py reads checkpoints)."""
 
 from __future__ import annotations
 
@@ -51,22 +51,3 @@ class DCGANGenerator(nn.Module):
     def architecture(self) -> dict[str, int | str]:
         """Constructor arguments, stored in exported files so they can be rebuilt."""
         return {"kind": "dcgan", "nz": self.nz, "ngf": self.ngf, "nc": self.nc, "resolution": self.resolution}
-
-
-def state_dict_from_sequential(sd: dict[str, torch.Tensor], model: DCGANGenerator) -> dict[str, torch.Tensor]:
-    """Map the standard DCGAN checkpoint layout (`main.0.weight`, `main.1.running_mean`, ...) to ours.
-
-    In the standard layout block i has `main.{3i}` (conv), `main.{3i+1}` (BatchNorm) and
-    `main.{3i+2}` (ReLU, no state); the last block has `main.{3i}` (conv) and Tanh.
-    """
-    out: dict[str, torch.Tensor] = {}
-    for key, value in sd.items():
-        parts = key.split(".")
-        if len(parts) < 3 or parts[0] != "main" or not parts[1].isdigit():
-            raise ModelLoadError(f"unexpected key {key!r} in a DCGAN checkpoint (expected main.N.*)")
-        index = int(parts[1])
-        block, slot = divmod(index, 3)
-        if block >= len(model.block_names) or slot == 2:
-            raise ModelLoadError(f"key {key!r} does not fit a {model.resolution}px DCGAN")
-        out[f"{model.block_names[block]}.{'conv' if slot == 0 else 'norm'}.{'.'.join(parts[2:])}"] = value
-    return out

@@ -1,5 +1,5 @@
-"""Read NVIDIA StyleGAN2-ADA / StyleGAN3 network pickles without executing anything from the file,
-and map their `G_ema` onto our StyleGAN2Generator.
+"""NVIDIA StyleGAN2-ADA / StyleGAN3-repo network pickles (`.pkl`), read without executing anything from
+the file, -> our StyleGAN2Generator (from their `G_ema`).
 
 NVIDIA's own loader `exec`s the Python source embedded in the pickle and lets pickle call any global
 (FORMATS.md 4.2). Here a restricted unpickler answers only an allow-list of globals (FORMATS.md 4.7):
@@ -26,7 +26,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ModelLoadError
+from ...errors import ModelLoadError
+from ..checkpoint import load_strict
+from ..stylegan2 import StyleGAN2Generator, fir_taps
+from .sampling import apply_sampling_options, split_sampling_options
 
 PERSISTENCE_VERSION = 6  # torch_utils.persistence format version of every released NVIDIA pickle
 _NUMPY_CODES = frozenset({"f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "b1"})
@@ -303,11 +306,9 @@ def stylegan2_arguments(g: PersistentRecord, source: str) -> dict[str, Any]:
             "conv_clamp": None if conv_clamp is None else _number(conv_clamp, "conv_clamp")}
 
 
-def state_dict_from_nvidia(sd: dict[str, torch.Tensor], model: Any) -> dict[str, torch.Tensor]:
+def state_dict_from_nvidia(sd: dict[str, torch.Tensor], model: StyleGAN2Generator) -> dict[str, torch.Tensor]:
     """Our StyleGAN2 state dict from NVIDIA `G_ema` names (FORMATS.md 4.3); resample filters are checked
     and dropped. `sampling.*` take the model's current values."""
-    from .stylegan2 import fir_taps
-
     expected = torch.outer(fir_taps(model.blur_kernel), fir_taps(model.blur_kernel))
     out: dict[str, torch.Tensor] = {}
     unexpected = []
@@ -335,17 +336,14 @@ def state_dict_from_nvidia(sd: dict[str, torch.Tensor], model: Any) -> dict[str,
     return out
 
 
-def load_nvidia_pickle(path: str | Path) -> tuple[Any, str]:
+def load_nvidia_pickle(path: str | Path) -> tuple[StyleGAN2Generator, str]:
     """A StyleGAN2Generator (eval mode, fp32, noise_mode 'const', no truncation) from the `G_ema` of an
     NVIDIA StyleGAN2-ADA or StyleGAN3-repo (--cfg=stylegan2) network pickle, and a description of its
     source. `path` may end in sampling options (`PATH?truncation_psi=0.5`). Executes nothing from the file."""
-    from . import _load_strict
-    from .stylegan2 import StyleGAN2Generator, apply_sampling_options, split_sampling_options
-
     path, options = split_sampling_options(path)
     g = generator_record(read_network_pickle(path), str(path))
     model = StyleGAN2Generator(**stylegan2_arguments(g, str(path)))
     sd = {k: v.float() if v.is_floating_point() else v for k, v in state_dict_from_record(g).items()}
-    _load_strict(model, state_dict_from_nvidia(sd, model), path)
+    load_strict(model, state_dict_from_nvidia(sd, model), path)
     apply_sampling_options(model, options)
     return model.eval(), f"NVIDIA network pickle {path.resolve()} (G_ema)"

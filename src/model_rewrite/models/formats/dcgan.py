@@ -1,0 +1,87 @@
+"""DCGAN torch checkpoints (`netG_state_dict` in the standard `main.N` layout), and the pretrained faces
+model that ships as such a checkpoint inside the `gan-face-generate` wheel (checked by sha256)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+from ...errors import ModelLoadError
+from ..checkpoint import load_strict, read_torch_checkpoint, sha256_file
+from ..dcgan import DCGANGenerator
+
+FACES_SHA256 = "0c3b90b138cfc4e8a73310b9fd5ce2a8f1f3a542a037de277412307fcd28771f"
+FACES_INSTALL = "pip install --no-deps gan-face-generate==1.1.1"
+
+
+def faces_checkpoint_path() -> Path:
+    """Where the pretrained face DCGAN's weights lie inside the installed `gan-face-generate` wheel."""
+    spec = importlib.util.find_spec("gan_face_generate")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            f"the default face model needs the package gan-face-generate; install it with `{FACES_INSTALL}`"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / "weights.tar"
+    if not path.is_file():
+        raise ModelLoadError(f"{path} is missing; reinstall with `{FACES_INSTALL}`")
+    return path
+
+
+def state_dict_from_sequential(sd: dict[str, torch.Tensor], model: DCGANGenerator) -> dict[str, torch.Tensor]:
+    """Map the standard DCGAN checkpoint layout (`main.0.weight`, `main.1.running_mean`, ...) to ours.
+
+    In the standard layout block i has `main.{3i}` (conv), `main.{3i+1}` (BatchNorm) and
+    `main.{3i+2}` (ReLU, no state); the last block has `main.{3i}` (conv) and Tanh.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        parts = key.split(".")
+        if len(parts) < 3 or parts[0] != "main" or not parts[1].isdigit():
+            raise ModelLoadError(f"unexpected key {key!r} in a DCGAN checkpoint (expected main.N.*)")
+        index = int(parts[1])
+        block, slot = divmod(index, 3)
+        if block >= len(model.block_names) or slot == 2:
+            raise ModelLoadError(f"key {key!r} does not fit a {model.resolution}px DCGAN")
+        out[f"{model.block_names[block]}.{'conv' if slot == 0 else 'norm'}.{'.'.join(parts[2:])}"] = value
+    return out
+
+
+def load_dcgan_checkpoint(path: str | Path, expected_sha256: str | None = None) -> DCGANGenerator:
+    """A DCGAN from a torch checkpoint holding `netG_state_dict` (or a bare `main.N.*` state dict).
+
+    Read with `weights_only=True`: nothing in the file is executed. With `expected_sha256`, a file with
+    other bytes is refused before it is read.
+    """
+    if expected_sha256 is not None:
+        got = sha256_file(path)
+        if got != expected_sha256:
+            raise ModelLoadError(
+                f"{path} has sha256 {got[:12]}..., expected {expected_sha256[:12]}...; "
+                f"the file is damaged or another version: reinstall with `{FACES_INSTALL}`"
+            )
+    ckpt = read_torch_checkpoint(path)
+    sd = ckpt.get("netG_state_dict", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(sd, dict) or "main.0.weight" not in sd:
+        raise ModelLoadError(f"{path} holds no DCGAN generator state dict (netG_state_dict with main.N.* keys)")
+    nz, c0 = sd["main.0.weight"].shape[:2]
+    convs = [k for k in sd if k.endswith(".weight") and sd[k].dim() == 4]
+    resolution = 4 * 2 ** (len(convs) - 1)
+    nc = sd[convs[-1]].shape[1]
+    ngf = c0 // 2 ** (len(convs) - 2)
+    model = DCGANGenerator(nz=nz, ngf=ngf, nc=nc, resolution=resolution)
+    load_strict(model, state_dict_from_sequential(sd, model), path)
+    return model.eval()
+
+
+def load_faces() -> tuple[DCGANGenerator, str]:
+    """The pretrained 64 px face DCGAN from the installed wheel (sha256-checked), and its file path."""
+    path = faces_checkpoint_path()
+    return load_dcgan_checkpoint(path, FACES_SHA256), str(path)
+
+
+def load_dcgan_file(path: str | Path) -> tuple[DCGANGenerator, str]:
+    """A DCGAN from the checkpoint at `path`, and the resolved path as its source."""
+    path = Path(path)
+    return load_dcgan_checkpoint(path), str(path.resolve())

@@ -1,0 +1,43 @@
+"""The sampling options a StyleGAN2 model name may carry: `PATH?truncation_psi=0.5&noise_mode=const`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ...errors import ModelLoadError
+from ..stylegan2 import StyleGAN2Generator
+
+SAMPLING_OPTIONS = ("truncation_psi", "truncation_cutoff", "noise_mode")
+
+
+def split_sampling_options(spec: str | Path) -> tuple[Path, dict[str, str]]:
+    """`PATH?truncation_psi=0.5&noise_mode=const` -> (PATH, {"truncation_psi": "0.5", ...}).
+
+    The options are the model's sampling settings (SAMPLING_OPTIONS); a PATH that exists as given is
+    never split."""
+    text = str(spec)
+    if "?" not in text or Path(text).exists():
+        return Path(text), {}
+    path, _, query = text.partition("?")
+    options: dict[str, str] = {}
+    for item in filter(None, query.split("&")):
+        key, eq, value = item.partition("=")
+        if key not in SAMPLING_OPTIONS or not eq:
+            raise ModelLoadError(f"unknown model option {item!r} in {text!r}; use PATH?name=value&... with names "
+                                 f"{list(SAMPLING_OPTIONS)}")
+        options[key] = value
+    return Path(path), options
+
+
+def apply_sampling_options(model: StyleGAN2Generator, options: dict[str, str]) -> None:
+    """Set the sampling settings named in `options` (string values, as parsed from a model name)."""
+    try:
+        if "truncation_psi" in options:
+            model.truncation_psi = float(options["truncation_psi"])
+        if "truncation_cutoff" in options:
+            cutoff = options["truncation_cutoff"]
+            model.truncation_cutoff = None if cutoff.lower() in ("", "none") else int(cutoff)
+        if "noise_mode" in options:
+            model.noise_mode = options["noise_mode"]
+    except ValueError as exc:
+        raise ModelLoadError(f"bad model option: {exc}") from None
