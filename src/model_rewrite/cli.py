@@ -133,7 +133,10 @@ def _load_edit_for(rw: Any, path: Path, args: argparse.Namespace):
 def _solve_with_progress(rw: Any, spec: Any, quiet: bool):
     from tqdm import tqdm
 
-    bar = None if quiet or spec.update.method != "optimize" else tqdm(total=spec.update.steps, desc="solve", leave=False, file=sys.stderr)
+    from .reference import REFERENCE_STEPS
+
+    steps = {"optimize": spec.update.steps, "reference": REFERENCE_STEPS}.get(spec.update.method, 0)
+    bar = None if quiet or not steps else tqdm(total=steps, desc="solve", leave=False, file=sys.stderr)
 
     def on_step(step: int, loss: float) -> bool:
         if bar is not None:  # update() redraws at most every `mininterval` (0.1 s), unlike refresh()

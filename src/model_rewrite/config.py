@@ -52,7 +52,8 @@ class KeyConfig:
 class UpdateConfig:
     """How the weight update along the context directions is solved."""
 
-    method: str = "optimize"  # "optimize" (constrained Adam, warm started), "closed_form"
+    method: str = "optimize"  # "optimize" (constrained Adam, warm started), "closed_form", or "reference":
+    # the authors' published algorithm (reference.py; steps, lr, loss, preserve, warm_start, tight_paste unused)
     steps: int = 150  # Adam steps of the constrained optimisation (ref: 2000)
     lr: float = 0.05  # Adam learning rate (ref: 0.05)
     loss: str = "l1"  # "l1" (ref) or "l2"
@@ -81,7 +82,7 @@ class RenderConfig:
         _check_ranges(self)
 
 
-_ALLOWED = {"method": ("optimize", "closed_form"), "loss": ("l1", "l2")}
+_ALLOWED = {"method": ("optimize", "closed_form", "reference"), "loss": ("l1", "l2")}
 _STATS_ALLOWED = {"product_dtype": ("float32", "float64")}
 
 

@@ -147,15 +147,24 @@ class Rewriter:
                    stats: StatsConfig = StatsConfig()) -> torch.Tensor:
         """Context directions D (r, C_in) of painted context selections at `layer`: the one place they
         are computed, for solves, search, match overlays and reports alike."""
+        return self._directions(layer, context, keys, stats, context_keys)
+
+    def _directions(self, layer: str, context: Sequence[Selection], keys: KeyConfig, stats: StatsConfig,
+                    rows: Callable[..., tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         spec = self.spec(layer)
         if not context:
             raise InvalidEdit("give at least one context selection")
         obs = [self._selection(spec, s, f"context[{i}]")[:2] for i, s in enumerate(context)]
-        k, weights = context_keys(obs)
+        k, weights = rows(obs)
         return key_directions(k, weights, self.stats(spec.name, stats).moment, keys.rank, keys.eig_floor)
 
     def edit_directions(self, edit: EditSpec) -> torch.Tensor:
-        """The directions an edit defines: its context (or paste region), KeyConfig and StatsConfig."""
+        """The directions an edit defines: its context (or paste region), KeyConfig and StatsConfig; the
+        reference method reads its masks as the authors' code does (reference.context_rows)."""
+        if edit.update.method == "reference":
+            from . import reference
+
+            return self._directions(edit.layer, edit.context_or_paste, edit.keys, edit.stats, reference.context_rows)
         return self.directions(edit.layer, edit.context_or_paste, edit.keys, edit.stats)
 
     def solve(self, edit: EditSpec, on_step: StepCallback | None = None) -> SolveResult:
@@ -165,6 +174,8 @@ class Rewriter:
         cfg = edit.update
         dirs = self.edit_directions(edit)
         paste_obs, paste_mask, paste_z = self._selection(spec, edit.paste, "paste")
+        if cfg.method == "reference":
+            return self._solve_reference(edit, spec, dirs, paste_obs, paste_mask, paste_z, on_step)
         if cfg.erase or edit.copy is None:
             ctx = [self._selection(spec, s, f"context[{i}]")[:2] for i, s in enumerate(edit.context_or_paste)]
             units = erase_units(ctx, self.stats(spec.name, edit.stats).moment, cfg.erase_units)
@@ -173,6 +184,20 @@ class Rewriter:
             copy_obs, copy_mask, _ = self._selection(spec, edit.copy, "copy")
             goal = copy_paste_goal(copy_obs, copy_mask, paste_obs, paste_mask, cfg.tight_paste)
         return solve_update(self.model, spec, dirs, goal, cfg, on_step)
+
+    def _solve_reference(self, edit: EditSpec, spec: LayerSpec, dirs: torch.Tensor, paste_obs: Observation,
+                         paste_mask: torch.Tensor, paste_z: torch.Tensor, on_step: StepCallback | None) -> SolveResult:
+        from . import reference
+
+        if edit.update.erase or edit.copy is None:
+            ctx = [self._selection(spec, s, f"context[{i}]")[:2] for i, s in enumerate(edit.context_or_paste)]
+            units = reference.erase_units(ctx, self.stats(spec.name, edit.stats).moment, edit.update.erase_units)
+            goal = reference.erase_goal(self.model, spec, paste_z, paste_obs, units)
+        else:
+            copy_obs, copy_mask, _ = self._selection(spec, edit.copy, "copy")
+            goal = reference.copy_paste_goal(copy_obs, copy_mask, paste_obs, paste_mask)
+        return reference.solve_reference(self.model, spec, dirs, goal, paste_obs, steps=reference.REFERENCE_STEPS,
+                                         on_step=on_step)
 
     def apply(self, edit: EditSpec, delta: LowRankDelta | None = None, on_step: StepCallback | None = None) -> StackEntry:
         """Solve the edit (unless its delta is given) and push it on the edit stack."""

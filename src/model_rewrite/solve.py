@@ -63,7 +63,7 @@ def _goal_loss(pred: torch.Tensor, goal: Goal, kind: str, preserve: float) -> to
 
 
 @contextmanager
-def _single_thread() -> Iterator[None]:
+def single_thread() -> Iterator[None]:
     """Run the block inside with one intra-op thread, restoring the previous count.
 
     A solve is hundreds of tiny one-image steps: with several threads each step pays OpenMP
@@ -185,7 +185,7 @@ def solve_update(
             return stop
 
         start = factor0 if config.warm_start else torch.zeros_like(factor0)
-        with _single_thread():
+        with single_thread():
             factor, losses = optimize_factor(loss_fn, start, config.steps, config.lr, step_cb)
         result = SolveResult(LowRankDelta(spec.param_path, spec.key_axis, factor, dirs), losses, cf_loss,
                              min(losses), cancelled=bool(cancelled))
