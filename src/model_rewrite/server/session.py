@@ -21,7 +21,7 @@ import torch
 from ..config import KeyConfig, StatsConfig
 from ..edits import EditSpec, Selection, factors_path, load_edit, save_edit
 from ..errors import InvalidEdit, RewriteError
-from ..masks import bounding_box, box_center, check_mask, paste_box, png_bytes_from_mask
+from ..masks import bounding_box, check_mask, copy_placement, paste_patch, png_bytes_from_mask
 from ..render import data_url, overlay, png_bytes, to_uint8
 from ..report import fire_regions
 from ..rewrite import LayerInfo, Rewriter
@@ -244,24 +244,24 @@ class EditSession:
         return self.rw.check_edit(spec)
 
     def preview(self, copy: Selection, paste: Selection | None) -> dict:
-        """What the copy takes (RGBA crop) and, with a paste, the pixel composite and its box."""
+        """What the copy takes (RGBA crop) and, with a paste, the pixel composite and its box: the
+        placement and blend of the solve's goal (`copy_placement`, `paste_patch`) done on pixels."""
         copy = self.check_selection(copy, "copy")
         paste = self.check_selection(paste, "paste") if paste is not None else None
         seeds = [copy.seed] + ([paste.seed] if paste is not None else [])
         _, imgs = self.render(seeds)
-        alpha = copy.mask.numpy()
-        cy0, cy1, cx0, cx1 = bounding_box(copy.mask, 1e-3)
-        crop = np.concatenate([imgs[0], (alpha[..., None] * 255).round().astype(np.uint8)], -1)[cy0:cy1, cx0:cx1]
+        alpha = copy.mask
+        cy0, cy1, cx0, cx1 = bounding_box(alpha, 1e-3)
+        opacity = (alpha.numpy()[..., None] * 255).round().astype(np.uint8)
+        crop = np.concatenate([imgs[0], opacity], -1)[cy0:cy1, cx0:cx1]
         out = {"copy": data_url(png_bytes(crop)), "copy_box": [cy0, cy1, cx0, cx1], "composite": None, "paste_box": None}
         if paste is not None:
-            res = self.resolution
-            y0, y1, x0, x1 = paste_box(box_center(bounding_box(paste.mask, 1e-3)), cy1 - cy0, cx1 - cx0, (res, res))
-            a = alpha[cy0 : cy0 + y1 - y0, cx0 : cx0 + x1 - x0, None]
-            comp = imgs[1].astype(np.float32)
-            src = imgs[0][cy0 : cy0 + y1 - y0, cx0 : cx0 + x1 - x0].astype(np.float32)
-            comp[y0:y1, x0:x1] = (1 - a) * comp[y0:y1, x0:x1] + a * src
-            out["composite"] = data_url(png_bytes(comp.round().clip(0, 255).astype(np.uint8)))
-            out["paste_box"] = [y0, y1, x0, x1]
+            copy_box, box = copy_placement(alpha, paste.mask)
+            pixels = [torch.from_numpy(img).permute(2, 0, 1).float() for img in imgs]  # (3, H, W) each
+            comp = paste_patch(pixels[1], pixels[0], alpha, copy_box, box)
+            comp_u8 = comp.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+            out["composite"] = data_url(png_bytes(comp_u8))
+            out["paste_box"] = list(box)
         return out
 
     def _directions(self, layer: str, context: Sequence[Selection], keys: KeyConfig, stats: StatsConfig) -> torch.Tensor:
