@@ -31,7 +31,8 @@ from model_rewrite.render import to_uint8
 from model_rewrite.rewrite import LayerInfo
 from model_rewrite.server.app import create_app
 from model_rewrite.latents import parse_seeds as seeds_from_text
-from model_rewrite.server.session import EditSession, check_save_name, default_layer
+from model_rewrite.server.session import EditSession, default_layer
+from model_rewrite.server.storage import check_save_name
 
 RES = 32  # the tiny model's image side
 LAYER = "b16"

@@ -21,7 +21,9 @@ from ..render import data_url
 from ..rewrite import Rewriter
 from ..stack import StackEntry
 from . import schemas as S
-from .session import EditSession, Job, NameTaken, NotFound, SessionBusy
+from .errors import NameTaken, NotFound, SessionBusy
+from .jobs import Job
+from .session import EditSession
 
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
