@@ -116,7 +116,7 @@ def _job_out(job: Job, since: int = 0) -> S.JobOut:
     since = max(0, min(since, len(job.losses)))
     return S.JobOut(id=job.id, kind=job.kind, name=job.name, state=job.state, phase=job.phase, step=job.step,
                     steps=job.steps, losses=job.losses[since:], since=since, error=job.error,
-                    entry_id=job.entry_id, seconds=round(job.seconds, 3))
+                    entry_id=job.entry_id, seconds=round(job.seconds, 3), report=job.report)
 
 
 def _image_url(state: str, seed: int) -> str:

@@ -1,17 +1,20 @@
 """Background jobs on the model: the model lock with its fast busy answer, and starting, running and
-cancelling a job (solving an edit)."""
+cancelling a job (solving an edit, then measuring it on held-out images)."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
+from ..config import RenderConfig
 from ..edits import EditSpec
 from ..errors import RewriteError
+from ..report import measure_edit
 from ..rewrite import Rewriter
 from .errors import SessionBusy
 
@@ -20,18 +23,19 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Job:
-    """A long operation on the model (solving an edit): its progress, result and cancel flag."""
+    """A long operation on the model (solving an edit): its progress, result, report and cancel flag."""
 
     id: int
     kind: str  # "execute" | "load"
     name: str
     state: str = "running"  # running | done | cancelled | failed
-    phase: str = "starting"  # statistics | solving | applying
+    phase: str = "starting"  # statistics | solving | applying | measuring
     step: int = 0
     steps: int = 0
     losses: list[float] = field(default_factory=list)
     error: str = ""
     entry_id: int | None = None
+    report: dict[str, Any] | None = None  # report.EditReport.to_dict() of the applied edit
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
@@ -130,8 +134,8 @@ def busy_message(job: Job) -> str:
             "or cancel it (POST /api/job/cancel)")
 
 
-def solve_and_push(rw: Rewriter, spec: EditSpec, job: Job) -> None:
-    """A job's work: statistics, solve and push `spec`.
+def solve_and_push(rw: Rewriter, spec: EditSpec, report_seeds: Sequence[int], job: Job) -> None:
+    """A job's work: statistics, solve and push `spec`, then measure the edit on `report_seeds`.
 
     Runs with the model lock held; raises JobCancelled when the job is cancelled before the push.
     """
@@ -156,3 +160,15 @@ def solve_and_push(rw: Rewriter, spec: EditSpec, job: Job) -> None:
     job.phase = "applying"
     job.losses = list(result.losses) or [result.goal_loss]  # the full curve (same prefix)
     job.entry_id = rw.stack.push(result.delta, spec.name, spec).id
+    job.phase = "measuring"
+    try:
+        job.report = measured(rw, job.entry_id, report_seeds)
+    except RewriteError as exc:  # the edit is applied either way: say so rather than fail the job
+        log.warning("measuring edit %d failed: %s", job.entry_id, exc)
+        job.error = f"the edit is applied, but measuring it on held-out images failed: {exc}"
+
+
+def measured(rw: Rewriter, entry_id: int, seeds: Sequence[int]) -> dict[str, Any]:
+    """`report.measure_edit` of an applied edit as JSON: where its rule fires on `seeds` and how much
+    the images change there and elsewhere."""
+    return measure_edit(rw, entry_id, seeds, RenderConfig()).report.to_dict()

@@ -26,6 +26,10 @@ from .jobs import Job, ModelLock, solve_and_push
 from .rendering import Renderer, copy_preview
 from .storage import EditFolder
 
+# The held-out images an executed edit is measured on: those of `model-rewrite apply` (--seed 1000 --samples 16).
+REPORT_SEEDS = tuple(range(1000, 1016))
+
+
 def default_layer(layers: Sequence[LayerInfo], resolution: int) -> str:
     """The layer whose key grid is closest to a quarter of the image side (b32 of the 64 px face model)."""
     return min(layers, key=lambda l: (abs(l.key_resolution - resolution / 4), -l.key_resolution)).name
@@ -36,16 +40,18 @@ class EditSession:
 
     Every use of the model holds the session's ModelLock. A running job holds it for its whole
     duration, so other model requests fail fast with SessionBusy instead of waiting; cached images
-    are served without the lock.
+    are served without the lock. An executed edit is measured on `report_seeds` inside its job.
     """
 
-    def __init__(self, rewriter: Rewriter, *, layer: str | None = None, edits_dir: str | Path = "edits") -> None:
+    def __init__(self, rewriter: Rewriter, *, layer: str | None = None, edits_dir: str | Path = "edits",
+                 report_seeds: Sequence[int] = REPORT_SEEDS) -> None:
         self.rw = rewriter
         self.layers: list[LayerInfo] = rewriter.layers()
         self.layer_names = [l.name for l in self.layers]
         self.default_layer = layer if layer is not None else default_layer(self.layers, rewriter.info.resolution)
         rewriter.spec(self.default_layer)  # LayerNotFound names the choices
         self.nonce = secrets.token_hex(4)
+        self.report_seeds = tuple(report_seeds)
         self.lock = ModelLock()
         self.renderer = Renderer(rewriter, self.lock, self.nonce)
         self.context = ContextFinder(rewriter, self.renderer)
@@ -124,8 +130,8 @@ class EditSession:
         return self.lock.running_job()
 
     def start_job(self, spec: EditSpec, kind: str = "execute") -> Job:
-        """Solve `spec` in a background thread and push it; SessionBusy if a job runs already."""
-        return self.lock.start(kind, spec.name or "edit", partial(solve_and_push, self.rw, spec))
+        """Solve `spec` in a background thread, push it and measure it; SessionBusy if a job runs already."""
+        return self.lock.start(kind, spec.name or "edit", partial(solve_and_push, self.rw, spec, self.report_seeds))
 
     def cancel(self) -> Job | None:
         return self.lock.cancel()
