@@ -159,7 +159,8 @@ def test_paint_execute_toggle_undo_save_reload_load_export(page, server, tmp_pat
     # the job's report on held-out images, in one plain line above the gallery
     pg.wait_for_selector("#edit-report:not([hidden])")
     line = pg.inner_text("#edit-report")
-    m = re.fullmatch(r"change where the rule fires ([\d.]+), elsewhere ([\d.]+) \(ratio ([\d.]+)\) on 16 held-out images", line)
+    m = re.fullmatch(r"change where the rule fires ([\d.]+), elsewhere ([\d.]+) \(ratio ([\d.]+)\) "
+                     r"on 16 held-out images", line)
     assert m, line
     report = pg.request.get(pg.url.rstrip("/") + "/api/job").json()["job"]["report"]
     assert report["heldout_seeds"] == list(range(1000, 1016))

@@ -270,7 +270,8 @@ def overlay_regions(overlay: np.ndarray, image: np.ndarray, cell: int) -> np.nda
     """Where a /api/matches overlay marks its image (H, W, 3) as firing, by key-grid cells of `cell` pixels:
     a firing cell is kept as is (its edge drawn red), the others are dimmed to 45 %."""
     kept = (overlay == image).all(-1) | (overlay == (255, 40, 40)).all(-1)
-    dimmed = (overlay == (image.astype(np.float32) * 0.45).astype(np.uint8)).all(-1)  # black pixels are both: look at whole cells
+    dimmed = (overlay == (image.astype(np.float32) * 0.45).astype(np.uint8)).all(-1)
+    # a black pixel is both kept and dimmed: decide by whole cells
     h, w = kept.shape
     inside = kept.reshape(h // cell, cell, w // cell, cell).all((1, 3))
     outside = dimmed.reshape(h // cell, cell, w // cell, cell).all((1, 3))
