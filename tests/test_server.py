@@ -28,10 +28,12 @@ from model_rewrite.edits import load_edit
 from model_rewrite.errors import InvalidEdit, SolveError
 from model_rewrite.masks import data_url_from_mask
 from model_rewrite.render import to_uint8
+from model_rewrite.report import measure_edit
 from model_rewrite.rewrite import LayerInfo
 from model_rewrite.server.app import create_app
 from model_rewrite.latents import parse_seeds as seeds_from_text
-from model_rewrite.server.session import EditSession, check_save_name, default_layer
+from model_rewrite.server.session import EditSession, default_layer
+from model_rewrite.server.storage import check_save_name
 
 RES = 32  # the tiny model's image side
 LAYER = "b16"
@@ -264,6 +266,67 @@ def test_execute_solves_in_the_background_and_updates_the_gallery(client, sessio
     assert all(np.array_equal(original[s], before[s]) for s in before), "original shows the unedited model"
 
 
+def overlay_regions(overlay: np.ndarray, image: np.ndarray, cell: int) -> np.ndarray:
+    """Where a /api/matches overlay marks its image (H, W, 3) as firing, by key-grid cells of `cell` pixels:
+    a firing cell is kept as is (its edge drawn red), the others are dimmed to 45 %."""
+    kept = (overlay == image).all(-1) | (overlay == (255, 40, 40)).all(-1)
+    dimmed = (overlay == (image.astype(np.float32) * 0.45).astype(np.uint8)).all(-1)
+    # a black pixel is both kept and dimmed: decide by whole cells
+    h, w = kept.shape
+    inside = kept.reshape(h // cell, cell, w // cell, cell).all((1, 3))
+    outside = dimmed.reshape(h // cell, cell, w // cell, cell).all((1, 3))
+    assert (inside ^ outside).all(), "every cell of the overlay is either kept or dimmed"
+    return inside.repeat(cell, 0).repeat(cell, 1)
+
+
+def test_an_executed_edit_is_measured_on_held_out_images(client, session):
+    job = run_edit(client)
+    report = job["report"]
+    seeds = list(range(1000, 1016))  # the CLI's default held-out images (--seed 1000 --samples 16)
+    assert report["heldout_seeds"] == seeds and report["name"] == "test edit" and report["layer"] == LAYER
+    assert client.get("/api/job").json()["job"]["report"] == report
+    # the library's measurement of the same entry, in-process, gives the same figures
+    again = measure_edit(session.rw, job["entry_id"], seeds).report.to_dict()
+    assert report == again
+    # independently, from the page's own answers: the images before and after the edit (the gallery) and
+    # where the edit's context fires on them (the match overlays on the original images)
+    before = np.stack([a.astype(np.float64) for a in gallery_pngs(client, "1000-1015", "original").values()])
+    after = np.stack([a.astype(np.float64) for a in gallery_pngs(client, "1000-1015").values()])
+    m = client.post("/api/matches", json={"layer": LAYER, "context": edit_body()["context"], "seeds": seeds,
+                                         "quantile": report["quantile"], "which": "original"}).json()
+    cell = RES // next(l for l in client.get("/api/info").json()["layers"] if l["name"] == LAYER)["key_resolution"]
+    regions = np.stack([overlay_regions(png_of(o["image"])[..., :3], before[i], cell) for i, o in enumerate(m["overlays"])])
+    change = np.abs(after - before).mean(-1) / 127.5  # pixels in [-1, 1], as the report measures them
+    assert m["threshold"] == pytest.approx(report["threshold"], rel=1e-5)
+    assert regions.mean() == pytest.approx(report["fire_fraction"], abs=1e-9)
+    inside, outside = change[regions].mean(), change[~regions].mean()
+    assert inside == pytest.approx(report["inside_change"], abs=1e-3)  # PNGs are rounded to 8 bits
+    assert outside == pytest.approx(report["outside_change"], abs=1e-3)
+    assert report["ratio"] == pytest.approx(report["inside_change"] / report["outside_change"])
+    assert report["ratio"] > 1, "the edit changes the images most where its rule fires"
+
+
+def test_a_failing_measurement_keeps_the_edit_and_says_so(client, monkeypatch):
+    import model_rewrite.server.jobs as jobs
+
+    def fail(*_a, **_k):
+        raise InvalidEdit("heat_direction 3 is out of range")
+
+    monkeypatch.setattr(jobs, "measure_edit", fail)
+    job = run_edit(client)
+    assert job["report"] is None and job["entry_id"] == 1
+    assert "the edit is applied" in job["error"] and "heat_direction 3" in job["error"]
+    assert [e["id"] for e in client.get("/api/history").json()["entries"]] == [1]
+
+
+def test_a_job_reports_nothing_until_it_is_done(client):
+    r = client.post("/api/execute", json=edit_body(steps=1_000_000))
+    assert r.status_code == 202 and r.json()["report"] is None
+    client.post("/api/job/cancel")
+    job = wait_job(client)
+    assert job["state"] == "cancelled" and job["report"] is None
+
+
 def test_execute_rejects_bad_edits_with_a_clear_message(client):
     def post(**changes):
         body = edit_body()
@@ -471,7 +534,7 @@ def test_loading_a_draft_solves_it_as_a_job(client, session):
     out = client.post("/api/edits/draft/load").json()
     assert out["entry"] is None and out["job"]["kind"] == "load"
     job = wait_job(client)
-    assert job["state"] == "done"
+    assert job["state"] == "done" and job["report"]["name"] == "test edit"
     assert [e["name"] for e in client.get("/api/history").json()["entries"]] == ["test edit"]
 
 

@@ -88,6 +88,21 @@ def test_linear_design_matches_explicit_layer_outputs(kind):
     torch.testing.assert_close(delta_from_factors(rec, dirs, axis), delta_from_factors(factor, dirs, axis), rtol=1e-6, atol=1e-6)
 
 
+def test_copy_paste_goal_composites_the_copied_values_at_the_paste_centre(tiny):
+    """The goal is (1 - a) v_paste + a v_copy inside the pasted box, written out by hand here."""
+    spec = resolve_layer(tiny, "b16")  # values 16x16 for 32 px masks
+    o1, o2 = (observe(tiny, spec, torch.randn(1, 16, 1, 1, generator=torch.Generator().manual_seed(s))) for s in (1, 2))
+    copy = torch.zeros(32, 32)
+    copy[4:12, 2:10] = torch.rand(8, 8, generator=torch.Generator().manual_seed(3)) + 0.01
+    goal = copy_paste_goal(o1, copy, o2, box_mask(32, 28, 32, 26, 32))  # centre near the corner: shifted inside
+    a = F.interpolate(copy[None, None], size=(16, 16), mode="area")[0, 0][2:6, 1:5]
+    assert goal.box == (12, 16, 12, 16)
+    for got, paste, src in ((goal.values, o2.values, o1.values), (goal.linear, o2.linear, o1.linear)):
+        want = paste.clone()
+        want[:, :, 12:16, 12:16] = (1 - a) * paste[:, :, 12:16, 12:16] + a * src[:, :, 2:6, 1:5]
+        assert torch.equal(got, want)
+
+
 def test_constrained_optimisation_never_leaves_span_of_directions(tiny):
     spec = resolve_layer(tiny, "b16")
     z1, z2 = torch.randn(1, 16, 1, 1, generator=torch.Generator().manual_seed(1)), torch.randn(1, 16, 1, 1, generator=torch.Generator().manual_seed(2))

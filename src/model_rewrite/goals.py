@@ -13,7 +13,7 @@ from torch import nn
 from .errors import InvalidEdit
 from .hooks import get_module, replace_input, trace
 from .layers import LayerSpec
-from .masks import Box, bounding_box, box_center, paste_box, resize_mask
+from .masks import Box, bounding_box, copy_placement, paste_patch, resize_mask
 from .stats import rows_from_map
 
 
@@ -70,21 +70,15 @@ def context_keys(obs_masks: list[tuple[Observation, torch.Tensor]]) -> tuple[tor
 def copy_paste_goal(copy_obs: Observation, copy_mask: torch.Tensor, paste_obs: Observation, paste_mask: torch.Tensor, tight: bool = True) -> Goal:
     """Composite the copied values, with the copy mask as alpha, centred on the paste location.
 
-    Done at value resolution on both the block output and the linear output:
+    Done at value resolution on both the block output and the linear output, by the same placement
+    and blend as the web page's pixel preview (`masks.copy_placement`, `masks.paste_patch`):
     v* = (1 - a) v_paste + a v_copy. The loss box is the pasted box (tight) or the whole map.
     """
     hv, wv = paste_obs.values.shape[2:]
-    alpha_full = resize_mask(copy_mask, (hv, wv))
-    cy0, cy1, cx0, cx1 = bounding_box(alpha_full, 1e-3)
-    alpha = alpha_full[cy0:cy1, cx0:cx1]
-    center = box_center(bounding_box(resize_mask(paste_mask, (hv, wv)), 1e-3))
-    box = paste_box(center, cy1 - cy0, cx1 - cx0, (hv, wv))
-    y0, y1, x0, x1 = box
-    alpha = alpha[: y1 - y0, : x1 - x0]
-    values, linear = paste_obs.values.clone(), paste_obs.linear.clone()
-    for target, source in ((values, copy_obs.values), (linear, copy_obs.linear)):
-        patch = source[:, :, cy0 : cy0 + (y1 - y0), cx0 : cx0 + (x1 - x0)]
-        target[:, :, y0:y1, x0:x1] = (1 - alpha) * target[:, :, y0:y1, x0:x1] + alpha * patch
+    alpha = resize_mask(copy_mask, (hv, wv))
+    copy_box, box = copy_placement(alpha, resize_mask(paste_mask, (hv, wv)))
+    values = paste_patch(paste_obs.values, copy_obs.values, alpha, copy_box, box)
+    linear = paste_patch(paste_obs.linear, copy_obs.linear, alpha, copy_box, box)
     return Goal(paste_obs, values, linear, box if tight else (0, hv, 0, wv))
 
 

@@ -1,4 +1,5 @@
-"""Masks: PNG data URLs <-> soft [0,1] tensors, resizing to feature grids, boxes and pasting."""
+"""Masks: PNG data URLs <-> soft [0,1] tensors, resizing to feature grids, boxes, and the copy-paste rule
+(`copy_placement` says where a copy lands, `paste_patch` blends it there) for feature maps and pixels alike."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InvalidEdit
+from .render import png_bytes
 
 Box = tuple[int, int, int, int]  # (y0, y1, x0, x1), half-open
 MAX_MASK_SIDE = 4096
@@ -62,12 +64,7 @@ def mask_from_png(path: str | Path) -> torch.Tensor:
 
 def png_bytes_from_mask(mask: torch.Tensor) -> bytes:
     """A grayscale PNG of a mask (H, W) in [0, 1]."""
-    from PIL import Image
-
-    arr = (mask.detach().clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(arr, mode="L").save(buf, format="PNG")
-    return buf.getvalue()
+    return png_bytes((mask.detach().clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8))
 
 
 def data_url_from_mask(mask: torch.Tensor) -> str:
@@ -127,3 +124,35 @@ def paste_box(center: tuple[float, float], height: int, width: int, grid: tuple[
 def box_center(box: Box) -> tuple[float, float]:
     y0, y1, x0, x1 = box
     return (y0 + y1) / 2, (x0 + x1) / 2
+
+
+def copy_placement(copy_alpha: torch.Tensor, paste_mask: torch.Tensor, threshold: float = 1e-3) -> tuple[Box, Box]:
+    """Where a copy lands, on one grid (H, W) holding both masks: (copy_box, paste_box).
+
+    The copy is the bounding box of `copy_alpha` above `threshold`; it lands at the same size, centred on
+    the centre of the paste mask's bounding box and shifted to lie inside the grid. Solving an edit uses
+    it on the value grid (the goal) and the web page on pixels (the preview), so both agree.
+    """
+    if copy_alpha.shape != paste_mask.shape:
+        raise InvalidEdit(f"copy and paste masks must share a grid to be placed, got {tuple(copy_alpha.shape)} "
+                          f"and {tuple(paste_mask.shape)}; resize both to the same grid first")
+    cy0, cy1, cx0, cx1 = bounding_box(copy_alpha, threshold)
+    grid = (int(copy_alpha.shape[0]), int(copy_alpha.shape[1]))
+    box = paste_box(box_center(bounding_box(paste_mask, threshold)), cy1 - cy0, cx1 - cx0, grid)
+    return (cy0, cy1, cx0, cx1), box
+
+
+def paste_patch(target: torch.Tensor, source: torch.Tensor, alpha: torch.Tensor, copy_box: Box, to_box: Box) -> torch.Tensor:
+    """A copy of `target` (..., H, W) with `source`'s cells at `copy_box` blended in at `to_box`.
+
+    out = (1 - a) target + a source, where a is `alpha` (H, W) at `copy_box`; the boxes come from
+    `copy_placement`. `target` and `source` share a shape; only the last two axes are spatial.
+    """
+    cy0, _, cx0, _ = copy_box
+    y0, y1, x0, x1 = to_box
+    h, w = y1 - y0, x1 - x0
+    a = alpha[cy0 : cy0 + h, cx0 : cx0 + w]
+    patch = source[..., cy0 : cy0 + h, cx0 : cx0 + w]
+    out = target.clone()
+    out[..., y0:y1, x0:x1] = (1 - a) * target[..., y0:y1, x0:x1] + a * patch
+    return out

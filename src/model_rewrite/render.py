@@ -56,7 +56,7 @@ def image_grid(rows: list[np.ndarray], pad: int = 2, scale: int = 1) -> np.ndarr
 
 
 def png_bytes(image: np.ndarray) -> bytes:
-    """PNG encoding of an (H, W, 3) RGB or (H, W, 4) RGBA uint8 array."""
+    """PNG encoding of an (H, W) grayscale, (H, W, 3) RGB or (H, W, 4) RGBA uint8 array (the one PNG encoder)."""
     from PIL import Image
 
     buf = io.BytesIO()

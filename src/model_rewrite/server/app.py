@@ -21,7 +21,9 @@ from ..render import data_url
 from ..rewrite import Rewriter
 from ..stack import StackEntry
 from . import schemas as S
-from .session import EditSession, Job, NameTaken, NotFound, SessionBusy
+from .errors import NameTaken, NotFound, SessionBusy
+from .jobs import Job
+from .session import EditSession
 
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
@@ -114,7 +116,7 @@ def _job_out(job: Job, since: int = 0) -> S.JobOut:
     since = max(0, min(since, len(job.losses)))
     return S.JobOut(id=job.id, kind=job.kind, name=job.name, state=job.state, phase=job.phase, step=job.step,
                     steps=job.steps, losses=job.losses[since:], since=since, error=job.error,
-                    entry_id=job.entry_id, seconds=round(job.seconds, 3))
+                    entry_id=job.entry_id, seconds=round(job.seconds, 3), report=job.report)
 
 
 def _image_url(state: str, seed: int) -> str:

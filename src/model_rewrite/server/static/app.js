@@ -473,6 +473,23 @@ async function execute() {
   if (job) followJob(job);
 }
 
+// One plain line of what the finished job's edit did on held-out images (the job's `report`, from the
+// library's measure_edit): the mean pixel change where its rule fires and elsewhere.
+function reportText(r) {
+  return `change where the rule fires ${r.inside_change.toFixed(3)}, elsewhere ${r.outside_change.toFixed(3)} ` +
+    `(ratio ${r.ratio.toFixed(1)}) on ${r.heldout_seeds.length} held-out images`;
+}
+
+function showReport(j) {
+  const el = $("#edit-report");
+  const r = j && j.state === "done" ? j.report : null;
+  el.hidden = !(r || (j && j.state === "done" && j.error));
+  el.classList.toggle("error", !r);
+  el.textContent = r ? reportText(r) : (j && j.error) || "";
+  el.title = r ? `${r.name} (${r.layer}): seeds ${r.heldout_seeds[0]}-${r.heldout_seeds[r.heldout_seeds.length - 1]}, ` +
+    `the rule fires on ${(100 * r.fire_fraction).toFixed(1)} % of the pixels (heat above its ${r.quantile} quantile)` : "";
+}
+
 function setRunning(running) {
   document.body.classList.toggle("running", running);
   $("#cancel").hidden = !running;
@@ -481,6 +498,7 @@ function setRunning(running) {
 
 async function followJob(job) {
   app.job = { ...job, losses: job.losses.slice() };
+  showReport(null);
   setRunning(true);
   if (app.polling) return;
   app.polling = true;
@@ -504,6 +522,7 @@ async function followJob(job) {
   const j = app.job;
   if (j.state === "done") {
     say(`applied ${j.name} in ${j.seconds.toFixed(1)} s`);
+    showReport(j);
     await refreshHistory();
     setView(app.view === "original" ? "edited" : app.view);
   } else if (j.state === "cancelled") {
@@ -577,6 +596,7 @@ async function refreshHistory() {
 async function historyAction(method, url) {
   const h = await guarded(() => api(method, url));
   if (!h) return;
+  showReport(null); // it described the model as the last job left it
   await refreshHistory();
   await loadGallery();
 }

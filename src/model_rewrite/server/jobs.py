@@ -1,0 +1,174 @@
+"""Background jobs on the model: the model lock with its fast busy answer, and starting, running and
+cancelling a job (solving an edit, then measuring it on held-out images)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import RenderConfig
+from ..edits import EditSpec
+from ..errors import RewriteError
+from ..report import measure_edit
+from ..rewrite import Rewriter
+from .errors import SessionBusy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Job:
+    """A long operation on the model (solving an edit): its progress, result, report and cancel flag."""
+
+    id: int
+    kind: str  # "execute" | "load"
+    name: str
+    state: str = "running"  # running | done | cancelled | failed
+    phase: str = "starting"  # statistics | solving | applying | measuring
+    step: int = 0
+    steps: int = 0
+    losses: list[float] = field(default_factory=list)
+    error: str = ""
+    entry_id: int | None = None
+    report: dict[str, Any] | None = None  # report.EditReport.to_dict() of the applied edit
+    started: float = field(default_factory=time.monotonic)
+    finished: float | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def seconds(self) -> float:
+        return (self.finished or time.monotonic()) - self.started
+
+
+class JobCancelled(Exception):
+    """Raised inside a job's work when its cancel flag is seen; the job ends as "cancelled"."""
+
+
+class ModelLock:
+    """The one lock on a model, and the job that may hold it.
+
+    A running job holds the lock for its whole duration, so other requests fail at once with
+    SessionBusy (saying what runs and how to cancel it) instead of queueing behind it; requests
+    without a job wait for each other briefly.
+    """
+
+    def __init__(self) -> None:
+        self.job: Job | None = None  # the latest job, running or finished
+        self._lock = threading.Lock()
+        self._start_lock = threading.Lock()  # one start at a time, so two Executes cannot both start
+        self._job_ids = 0
+
+    def running_job(self) -> Job | None:
+        job = self.job
+        return job if job is not None and job.state == "running" else None
+
+    def acquire(self, timeout_s: float) -> None:
+        """Take the lock: SessionBusy at once while a job runs, else after `timeout_s` of other requests."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            job = self.running_job()
+            if job is not None:
+                raise SessionBusy(busy_message(job))
+            if self._lock.acquire(timeout=0.05):
+                return
+            if time.monotonic() > deadline:
+                raise SessionBusy("busy: the model is serving another request; try again")
+
+    def release(self) -> None:
+        self._lock.release()
+
+    @contextmanager
+    def held(self, timeout_s: float = 120.0) -> Iterator[None]:
+        """Hold the model for one request (see `acquire`)."""
+        self.acquire(timeout_s)
+        try:
+            yield
+        finally:
+            self.release()
+
+    def start(self, kind: str, name: str, work: Callable[[Job], None]) -> Job:
+        """Run `work(job)` in a background thread that holds the lock until it ends; SessionBusy if a job runs."""
+        with self._start_lock:
+            job = self.running_job()
+            if job is not None:
+                raise SessionBusy(f"an edit is already being executed ({job.name!r}); wait for it or cancel it")
+            self.acquire(timeout_s=60.0)
+            self._job_ids += 1
+            job = Job(self._job_ids, kind, name)
+            self.job = job
+        threading.Thread(target=self._run, args=(job, work), name=f"edit-job-{job.id}", daemon=True).start()
+        return job
+
+    def _run(self, job: Job, work: Callable[[Job], None]) -> None:
+        try:
+            work(job)
+            job.state = "done"
+        except JobCancelled:
+            job.state = "cancelled"
+        except RewriteError as exc:
+            job.error, job.state = str(exc), "failed"
+        except Exception as exc:  # a bug: report it in the page instead of leaving the job hanging
+            log.exception("edit job %d failed", job.id)
+            job.error, job.state = f"internal error: {type(exc).__name__}: {exc}", "failed"
+        finally:
+            job.finished = time.monotonic()
+            self.release()
+
+    def cancel(self) -> Job | None:
+        """Ask the running job to stop at its next step; None if no job runs."""
+        job = self.running_job()
+        if job is not None:
+            job.cancel.set()
+        return job
+
+
+def busy_message(job: Job) -> str:
+    """What the page says while `job` holds the model."""
+    where = f"step {job.step} of {job.steps}" if job.phase == "solving" else job.phase
+    return (f"busy: the edit {job.name!r} is being executed ({where}); wait for it to finish "
+            "or cancel it (POST /api/job/cancel)")
+
+
+def solve_and_push(rw: Rewriter, spec: EditSpec, report_seeds: Sequence[int], job: Job) -> None:
+    """A job's work: statistics, solve and push `spec`, then measure the edit on `report_seeds`.
+
+    Runs with the model lock held; raises JobCancelled when the job is cancelled before the push.
+    """
+    def stats_progress(done: int, total: int) -> None:
+        job.step, job.steps = done, total
+        if job.cancel.is_set():
+            raise JobCancelled
+
+    job.phase = "statistics"
+    rw.stats(spec.layer, spec.stats, progress=stats_progress)
+    job.phase, job.step = "solving", 0
+    job.steps = spec.update.steps if spec.update.method == "optimize" else 0
+
+    def on_step(step: int, loss: float) -> bool:
+        job.step = step
+        job.losses.append(loss)
+        return job.cancel.is_set()
+
+    result = rw.solve(spec, on_step=on_step)
+    if result.cancelled or job.cancel.is_set():
+        raise JobCancelled
+    job.phase = "applying"
+    job.losses = list(result.losses) or [result.goal_loss]  # the full curve (same prefix)
+    job.entry_id = rw.stack.push(result.delta, spec.name, spec).id
+    job.phase = "measuring"
+    try:
+        job.report = measured(rw, job.entry_id, report_seeds)
+    except RewriteError as exc:  # the edit is applied either way: say so rather than fail the job
+        log.warning("measuring edit %d failed: %s", job.entry_id, exc)
+        job.error = f"the edit is applied, but measuring it on held-out images failed: {exc}"
+
+
+def measured(rw: Rewriter, entry_id: int, seeds: Sequence[int]) -> dict[str, Any]:
+    """`report.measure_edit` of an applied edit as JSON: where its rule fires on `seeds` and how much
+    the images change there and elsewhere."""
+    return measure_edit(rw, entry_id, seeds, RenderConfig()).report.to_dict()
