@@ -156,16 +156,17 @@ def test_paint_execute_toggle_undo_save_reload_load_export(page, server, tmp_pat
     wait_job(pg)
     edited_state = wait_gallery_state(pg, "-e1$")
     assert edited_state != base_state
-    # the job's report on held-out images, in one plain line above the gallery
+    # the job's quality report on held-out images, one line per figure with its verdict, above the gallery
     pg.wait_for_selector("#edit-report:not([hidden])")
-    line = pg.inner_text("#edit-report")
-    m = re.fullmatch(r"change where the rule fires ([\d.]+), elsewhere ([\d.]+) \(ratio ([\d.]+)\) "
-                     r"on 16 held-out images", line)
-    assert m, line
+    text = pg.inner_text("#edit-report")
     report = pg.request.get(pg.url.rstrip("/") + "/api/job").json()["job"]["report"]
     assert report["heldout_seeds"] == list(range(1000, 1016))
-    for shown, key, digits in zip(m.groups(), ("inside_change", "outside_change", "ratio"), (3, 3, 1)):
+    assert text.splitlines() == ["How the edit took on 16 held-out images:", *report["lines"]], text
+    m = re.search(r"locality ([\d.]+)x \(inside ([\d.]+), outside ([\d.]+)\)", text)
+    assert m, text
+    for shown, key, digits in zip(m.groups(), ("ratio", "inside_change", "outside_change"), (1, 3, 3)):
         assert abs(float(shown) - report[key]) <= 0.5 * 10 ** -digits + 1e-9, (shown, key, report)
+    assert re.search(r"paste fidelity -?[\d.]+: ", text) and "transfer " in text and "collateral " in text
     loss_pixels = pg.evaluate("() => { const c = document.querySelector('#loss'); const d = c.getContext('2d')"
                               ".getImageData(0, 0, c.width, c.height).data; let n = 0; for (let i = 3; i < d.length; i += 4)"
                               " n += d[i] > 0; return n; }")

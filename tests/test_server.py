@@ -28,7 +28,7 @@ from model_rewrite.edits import load_edit
 from model_rewrite.errors import InvalidEdit, SolveError
 from model_rewrite.masks import data_url_from_mask
 from model_rewrite.render import to_uint8
-from model_rewrite.report import measure_edit
+from model_rewrite.quality import quality_report
 from model_rewrite.rewrite import LayerInfo
 from model_rewrite.server.app import create_app
 from model_rewrite.latents import parse_seeds as seeds_from_text
@@ -286,7 +286,7 @@ def test_an_executed_edit_is_measured_on_held_out_images(client, session):
     assert report["heldout_seeds"] == seeds and report["name"] == "test edit" and report["layer"] == LAYER
     assert client.get("/api/job").json()["job"]["report"] == report
     # the library's measurement of the same entry, in-process, gives the same figures
-    again = measure_edit(session.rw, job["entry_id"], seeds).report.to_dict()
+    again = quality_report(session.rw, job["entry_id"], seeds).to_dict()
     assert report == again
     # independently, from the page's own answers: the images before and after the edit (the gallery) and
     # where the edit's context fires on them (the match overlays on the original images)
@@ -312,7 +312,7 @@ def test_a_failing_measurement_keeps_the_edit_and_says_so(client, monkeypatch):
     def fail(*_a, **_k):
         raise InvalidEdit("heat_direction 3 is out of range")
 
-    monkeypatch.setattr(jobs, "measure_edit", fail)
+    monkeypatch.setattr(jobs, "quality_report", fail)
     job = run_edit(client)
     assert job["report"] is None and job["entry_id"] == 1
     assert "the edit is applied" in job["error"] and "heat_direction 3" in job["error"]

@@ -133,9 +133,7 @@ def _load_edit_for(rw: Any, path: Path, args: argparse.Namespace):
 def _solve_with_progress(rw: Any, spec: Any, quiet: bool):
     from tqdm import tqdm
 
-    from .reference import REFERENCE_STEPS
-
-    steps = {"optimize": spec.update.steps, "reference": REFERENCE_STEPS}.get(spec.update.method, 0)
+    steps = spec.update.planned_steps
     bar = None if quiet or not steps else tqdm(total=steps, desc="solve", leave=False, file=sys.stderr)
 
     def on_step(step: int, loss: float) -> bool:
@@ -165,6 +163,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from .edits import save_edit
     from .export import export_model
     from .render import image_grid, overlay, save_png, to_uint8
+    from .quality import quality_report
     from .report import measure_edit
 
     rw = _rewriter(args)
@@ -200,6 +199,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
         m = measure_edit(rw, entry.id, seeds, render_cfg)
         info.update(m.report.to_dict(), seconds=round(time.perf_counter() - t0, 3))
         info.pop("heldout_seeds")
+        quality = quality_report(rw, entry.id, seeds, render_cfg)
+        info["quality"] = {k: v for k, v in quality.to_dict().items() if k not in ("heldout_seeds", *m.report.change.to_dict())}
         reports.append(info)
         stem = path.stem if len(paths) > 1 else "edit"
         save_edit(out / f"{stem}.json", spec, delta)
@@ -214,6 +215,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
     for r in reports:
         print(f"{r['edit']}: layer {r['layer']}, inside change {r['inside_change']:.4f}, outside {r['outside_change']:.4f}, "
               f"ratio {r['ratio']:.2f} ({r['seconds']:.2f}s)")
+        for line in r["quality"]["lines"]:
+            print(f"  {line}")
     print(f"wrote {out}/grid.png, {out}/report.json and the edited weights {weights}")
     return 0
 

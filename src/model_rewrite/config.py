@@ -48,6 +48,9 @@ class KeyConfig:
             raise InvalidEdit(f"KeyConfig.eig_floor must lie in [0, 1), got {self.eig_floor!r}")
 
 
+REFERENCE_STEPS = 2001  # the authors' published schedule (niter), run by method "reference"
+
+
 @dataclass(frozen=True)
 class UpdateConfig:
     """How the weight update along the context directions is solved."""
@@ -63,6 +66,11 @@ class UpdateConfig:
     erase: bool = False  # erase variant: the goal zeroes the units that fire in the context
     erase_units: int = 30  # units zeroed by the erase variant (ref: 30 or 60)
     ridge: float = 1e-4  # relative ridge of the closed-form least squares
+
+    @property
+    def planned_steps(self) -> int:
+        """How many optimisation steps a solve with this config runs (0 for the closed form)."""
+        return {"optimize": self.steps, "reference": REFERENCE_STEPS}.get(self.method, 0)
 
     def __post_init__(self) -> None:
         _check_ranges(self)

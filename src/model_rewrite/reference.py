@@ -29,19 +29,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from .config import REFERENCE_STEPS
 from .errors import SolveError
 from .goals import Observation
 from .hooks import call_with_weight, get_module, override_forward, replace_input
 from .layers import LayerSpec
 from .masks import Box
+from .solve import SolveResult, StepCallback, single_thread
 from .stats import rows_from_map
 from .update import LowRankDelta, adam_step, factor_from_delta, project_rows
 
-REFERENCE_STEPS = 2001  # the authors' niter
 REFERENCE_PROJECT_EVERY = 10  # their piter
 REFERENCE_LR = 0.05
 
-StepCallback = Callable[[int, float], "bool | None"]
 
 
 def smoothed_resize(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -202,10 +202,8 @@ def optimize_weight(run: Callable[[torch.Tensor], torch.Tensor], target: torch.T
 
 
 def solve_reference(model: nn.Module, spec: LayerSpec, dirs: torch.Tensor, goal: ReferenceGoal, obs: Observation,
-                    steps: int = REFERENCE_STEPS, on_step: StepCallback | None = None):
+                    steps: int = REFERENCE_STEPS, on_step: StepCallback | None = None) -> SolveResult:
     """Run the authors' optimisation for `goal` and return a SolveResult holding W - W0 as factors on D."""
-    from .solve import SolveResult, single_thread
-
     t0 = time.perf_counter()
     wmod = get_module(model, spec.weight_module)
     w0 = getattr(wmod, spec.param_name).detach()

@@ -14,7 +14,7 @@ from typing import Any
 from ..config import RenderConfig
 from ..edits import EditSpec
 from ..errors import RewriteError
-from ..report import measure_edit
+from ..quality import quality_report
 from ..rewrite import Rewriter
 from .errors import SessionBusy
 
@@ -147,7 +147,7 @@ def solve_and_push(rw: Rewriter, spec: EditSpec, report_seeds: Sequence[int], jo
     job.phase = "statistics"
     rw.stats(spec.layer, spec.stats, progress=stats_progress)
     job.phase, job.step = "solving", 0
-    job.steps = spec.update.steps if spec.update.method == "optimize" else 0
+    job.steps = spec.update.planned_steps
 
     def on_step(step: int, loss: float) -> bool:
         job.step = step
@@ -169,6 +169,6 @@ def solve_and_push(rw: Rewriter, spec: EditSpec, report_seeds: Sequence[int], jo
 
 
 def measured(rw: Rewriter, entry_id: int, seeds: Sequence[int]) -> dict[str, Any]:
-    """`report.measure_edit` of an applied edit as JSON: where its rule fires on `seeds` and how much
-    the images change there and elsewhere."""
-    return measure_edit(rw, entry_id, seeds, RenderConfig()).report.to_dict()
+    """`quality.quality_report` of an applied edit as JSON: paste fidelity, transfer, where its rule fires on
+    `seeds` and how much the images change there and elsewhere, with plain verdict lines."""
+    return quality_report(rw, entry_id, seeds, RenderConfig()).to_dict()

@@ -160,7 +160,7 @@ class JobOut(BaseModel):
     error: str
     entry_id: int | None
     seconds: float
-    # once done: `report.measure_edit` on held-out images (EditReport.to_dict(): name, layer, heldout_seeds,
+    # once done: `quality.quality_report` on held-out images (QualityReport.to_dict(): name, layer, heldout_seeds,
     # inside_change, outside_change, ratio, fire_fraction, threshold, quantile); None before or on failure
     report: dict[str, Any] | None = None
 

@@ -473,11 +473,10 @@ async function execute() {
   if (job) followJob(job);
 }
 
-// One plain line of what the finished job's edit did on held-out images (the job's `report`, from the
-// library's measure_edit): the mean pixel change where its rule fires and elsewhere.
+// What the finished job's edit did (the job's `report`, from the library's quality_report): one line per
+// figure with its verdict (paste fidelity, transfer, locality, collateral).
 function reportText(r) {
-  return `change where the rule fires ${r.inside_change.toFixed(3)}, elsewhere ${r.outside_change.toFixed(3)} ` +
-    `(ratio ${r.ratio.toFixed(1)}) on ${r.heldout_seeds.length} held-out images`;
+  return `How the edit took on ${r.heldout_seeds.length} held-out images:\n` + r.lines.join("\n");
 }
 
 function showReport(j) {

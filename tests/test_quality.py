@@ -1,0 +1,98 @@
+"""The quality report (quality.py) on cases whose answers are known without the code under test: a zero
+change scores nothing, an exact edit on a model whose edited layer draws the image reproduces the preview,
+and transfer on the paste image itself equals paste fidelity."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from helpers import box_mask
+
+from model_rewrite import KeyConfig, Rewriter, Selection, StatsConfig, UpdateConfig
+from model_rewrite.config import RenderConfig
+from model_rewrite.quality import COLLATERAL_VERDICTS, FIDELITY_VERDICTS, fidelity, quality_report, verdict
+from model_rewrite.update import LowRankDelta
+
+
+class LinearTail(nn.Module):
+    """z (32,) -> a key map (24, 8, 8) by a fixed linear map -> a 1x1 convolution to the (3, 8, 8) image.
+
+    The edited layer (`draw`) writes the image itself, so the pixel preview is the layer's goal."""
+
+    resolution = 8
+    latent_shape = (32,)
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.keys = nn.Linear(32, 24 * 64, bias=False)
+        self.draw = nn.Conv2d(24, 3, 1)
+        with torch.no_grad():
+            self.keys.weight.copy_(torch.randn(24 * 64, 32, generator=g) / 32**0.5)
+            self.draw.weight.copy_(torch.randn(3, 24, 1, 1, generator=g) * 0.3)
+            self.draw.bias.zero_()
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.draw(self.keys(z.reshape(-1, 32)).reshape(-1, 24, 8, 8))
+
+
+def test_fidelity_by_hand():
+    original, preview = torch.zeros(3, 4, 4), torch.ones(3, 4, 4)
+    half = torch.full((3, 4, 4), 0.5)
+    assert fidelity(original, original, preview, (0, 4, 0, 4)) == 0.0
+    assert fidelity(preview, original, preview, (0, 4, 0, 4)) == 1.0
+    assert fidelity(half, original, preview, (0, 2, 0, 2)) == pytest.approx(0.5)
+    assert fidelity(-half, original, preview, (0, 4, 0, 4)) == pytest.approx(-0.5)  # further away than before
+
+
+def test_verdicts_follow_the_documented_thresholds():
+    assert verdict(0.5, FIDELITY_VERDICTS) == FIDELITY_VERDICTS[0][1]
+    assert verdict(0.49, FIDELITY_VERDICTS) == FIDELITY_VERDICTS[1][1]
+    assert verdict(-3.0, FIDELITY_VERDICTS) == FIDELITY_VERDICTS[2][1]
+    assert verdict(0.02, COLLATERAL_VERDICTS, higher_is_better=False) == COLLATERAL_VERDICTS[0][1]
+    assert verdict(0.5, COLLATERAL_VERDICTS, higher_is_better=False) == COLLATERAL_VERDICTS[2][1]
+    assert verdict(None, FIDELITY_VERDICTS).startswith("not measured")
+
+
+def test_an_exact_edit_on_a_layer_that_draws_the_image_reproduces_the_preview(tmp_path):
+    rw = Rewriter(LinearTail(), cache_dir=tmp_path / "c")
+    copy, paste = box_mask(8, 1, 3, 1, 3), box_mask(8, 5, 7, 4, 6)
+    # rank 4 over the paste box's 4 keys and no ridge or preserve: the closed form fits the box exactly
+    edit = rw.new_edit("draw", paste=Selection(2, paste), copy=Selection(1, copy), context=[Selection(2, paste)],
+                       keys=KeyConfig(rank=4, eig_floor=0.0), stats=StatsConfig(num_samples=200),
+                       update=UpdateConfig(method="closed_form", ridge=0.0, preserve=0.0))
+    entry = rw.apply(edit)
+    q = quality_report(rw, entry.id, [2], RenderConfig(fire_quantile=0.9))
+    assert q.paste_fidelity == pytest.approx(1.0, abs=1e-4)
+    # held-out = the paste image alone: it fires at its own peak, the offset is zero, so transfer = fidelity
+    assert q.fires_on == 1 and q.transfer == pytest.approx(q.paste_fidelity, abs=1e-6)
+    assert q.verdicts["paste_fidelity"] == FIDELITY_VERDICTS[0][1]
+
+
+def test_a_zero_change_scores_no_fidelity_no_transfer_and_no_change(tmp_path):
+    rw = Rewriter("tiny", cache_dir=tmp_path / "c")
+    m = box_mask(32, 8, 20, 8, 20)
+    edit = rw.new_edit("b16", paste=Selection(3, m), copy=Selection(1, box_mask(32, 2, 14, 2, 14)),
+                       context=[Selection(3, m)], stats=StatsConfig(num_samples=50))
+    spec = rw.spec("b16")
+    dirs = rw.edit_directions(edit)
+    zero = LowRankDelta(spec.param_path, spec.key_axis, torch.zeros(1, *rw.model.b16.conv.weight.shape[1:]), dirs)
+    entry = rw.apply(edit, zero)
+    q = quality_report(rw, entry.id, range(40, 48))
+    assert q.paste_fidelity == 0.0 and q.transfer == 0.0 and q.fires_on >= 1
+    assert q.change.inside_change == 0.0 and q.change.outside_change == 0.0 and q.collateral == 0.0
+    d = q.to_dict()
+    assert d["heldout"] == 8 and d["inside_change"] == 0.0 and set(d["verdicts"]) == {
+        "paste_fidelity", "transfer", "locality", "collateral"}
+    assert len(q.lines()) == 4
+
+
+def test_erase_edits_have_no_preview_to_compare(tmp_path):
+    rw = Rewriter("tiny", cache_dir=tmp_path / "c")
+    m = box_mask(32, 8, 20, 8, 20)
+    edit = rw.new_edit("b16", paste=Selection(3, m), context=[Selection(3, m)], stats=StatsConfig(num_samples=50),
+                       update=UpdateConfig(erase=True, erase_units=3, steps=5))
+    entry = rw.apply(edit)
+    q = quality_report(rw, entry.id, range(40, 44))
+    assert q.paste_fidelity is None and q.transfer is None and q.verdicts["transfer"].startswith("not measured")
