@@ -10,7 +10,7 @@ from model_rewrite import Rewriter, Selection, UpdateConfig, save_edit
 from model_rewrite.cli import main
 from helpers import FACE_MODEL_REASON, box_mask, has_face_model
 
-SUBCOMMANDS = ["layers", "sample", "stats", "apply", "search", "export", "serve"]
+SUBCOMMANDS = ["layers", "sample", "stats", "apply", "suggest", "search", "export", "serve"]
 
 
 @pytest.mark.parametrize("sub", SUBCOMMANDS)
@@ -164,3 +164,48 @@ def test_search_reads_directions_with_the_edits_own_key_and_statistics_settings(
     assert got.keys() == want.keys() and all(abs(got[s] - want[s]) <= 1e-4 * max(1.0, abs(want[s])) for s in seeds)
     default = scores(StatsConfig(), KeyConfig())
     assert max(abs(default[s] - want[s]) for s in seeds) > 1e-2  # the settings matter, so the test can fail
+
+
+def test_suggest_tries_layers_and_ranks_and_applies_the_best(tmp_path, edit_file, capsys):
+    out = tmp_path / "sg"
+    rc = main(["suggest", str(edit_file), "--model", "tiny", "--cache-dir", str(tmp_path / "c"), "--ranks", "1,2",
+               "--samples", "6", "--num-samples", "60", "--out", str(out), "--quiet", "--apply-best"])
+    assert rc == 0
+    result = json.loads((out / "suggest.json").read_text())
+    tried = {(c["layer"], c["rank"]) for c in result["candidates"]}
+    assert tried == {(layer, rank) for layer in ("b8", "b16", "b32") for rank in (1, 2)}  # b4's grid is 1x1
+    best = result["candidates"][0]
+    assert result["best"] == {"layer": best["layer"], "rank": best["rank"]}
+    solved = [c for c in result["candidates"] if c["score"] is not None]
+    acceptable = [c for c in solved if c["collateral"] <= 0.05]
+    ranked = acceptable or solved
+    assert best["score"] == max(c["score"] for c in ranked)
+    for c in solved:  # the score is the documented mean of transfer and paste fidelity
+        assert c["score"] == pytest.approx(((c["transfer"] or 0.0) + c["paste_fidelity"]) / 2)
+    # --apply-best wrote what apply writes, for the chosen layer and rank
+    from model_rewrite import load_edit
+
+    spec, delta = load_edit(out / "edit.json")
+    assert (spec.layer, spec.keys.rank) == (best["layer"], best["rank"]) and delta is not None
+    report = json.loads((out / "report.json").read_text())
+    assert report["edits"][0]["layer"] == best["layer"] and report["edits"][0]["quality"]["lines"]
+    printed = capsys.readouterr().out
+    assert printed.splitlines()[0].split() == ["layer", "rank", "score", "transfer", "fidelity", "locality",
+                                               "collateral", "seconds"]
+
+
+def test_suggest_leaves_the_model_and_its_redo_list_as_they_were(tmp_path):
+    rw = Rewriter("tiny", cache_dir=tmp_path / "c")
+    m = box_mask(32, 12, 20, 12, 20)
+    spec = rw.new_edit("b16", paste=Selection(3, m), copy=Selection(1, m), context=[Selection(3, m)],
+                       update=UpdateConfig(steps=5))
+    first = rw.apply(spec)
+    rw.apply(spec)
+    rw.stack.undo()
+    images = rw.sample([7, 8])
+    cands = rw.suggest(spec, layers=["b16", "b32"], ranks=[1], seeds=[40, 41])
+    assert [c.layer for c in cands if c.quality is not None] and len(cands) == 2
+    import torch
+
+    assert torch.equal(rw.sample([7, 8]), images)
+    assert [e.id for e in rw.stack.entries] == [first.id] and len(rw.stack.undone) == 1

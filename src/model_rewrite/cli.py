@@ -1,4 +1,4 @@
-"""The `model-rewrite` command: layers, sample, stats, apply, search, export, serve."""
+"""The `model-rewrite` command: layers, sample, stats, apply, suggest, search, export, serve."""
 
 from __future__ import annotations
 
@@ -8,69 +8,18 @@ import json
 import logging
 import sys
 import time
-import typing
 from pathlib import Path
 from typing import Any, Sequence
 
+from .cliargs import Progress as _Progress  # the command's shared argument helpers, by their old names
+from .cliargs import add_config_flags as _add_config_flags
+from .cliargs import config_from_flags as _config_from_flags
+from .cliargs import seeds_from_args as _seeds
+from .cliargs import with_flags as _with_flags
 from .config import KeyConfig, RenderConfig, StatsConfig, UpdateConfig
 from .errors import RewriteError
 
 log = logging.getLogger("model_rewrite")
-
-
-# --- flags generated from the config dataclasses ------------------------------------------------
-def _add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str) -> None:
-    group = parser.add_argument_group(title, f"override {cls.__name__} fields (default: the edit's or the built-in value)")
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
-        want = hints[f.name]
-        if want is bool:
-            group.add_argument(flag, dest=f"{cls.__name__}.{f.name}", action=argparse.BooleanOptionalAction, default=None,
-                               help=f"(default {f.default})")
-        else:
-            group.add_argument(flag, dest=f"{cls.__name__}.{f.name}", type=want, default=None, metavar=want.__name__.upper(),
-                               help=f"(default {f.default})")
-
-
-def _config_from_flags(args: argparse.Namespace, cls: type, base: Any = None) -> Any:
-    base = base if base is not None else cls()
-    changes = {f.name: getattr(args, f"{cls.__name__}.{f.name}", None) for f in dataclasses.fields(cls)}
-    return dataclasses.replace(base, **{k: v for k, v in changes.items() if v is not None})
-
-
-def _seeds(args: argparse.Namespace) -> list[int]:
-    from .latents import MAX_SEED, parse_seeds
-
-    if getattr(args, "seeds", None):
-        return parse_seeds(args.seeds)
-    if args.samples < 1:
-        raise RewriteError("--samples must be at least 1")
-    if args.seed < 0 or args.seed + args.samples - 1 > MAX_SEED:
-        raise RewriteError(f"--seed and --samples must name seeds from 0 to {MAX_SEED}")
-    return list(range(args.seed, args.seed + args.samples))
-
-
-class _Progress:
-    """A tqdm bar driven by (done, total) callbacks; none with --quiet. The bar appears on the first
-    callback, so nothing is drawn when the work is skipped (statistics read from the cache)."""
-
-    def __init__(self, desc: str, quiet: bool) -> None:
-        self.desc, self.quiet, self.bar = desc, quiet, None
-
-    def __call__(self, done: int, total: int) -> None:
-        if self.quiet:
-            return
-        if self.bar is None:  # the first batch is the starting point, so the rate counts from here
-            from tqdm import tqdm
-
-            self.bar = tqdm(desc=self.desc, total=total, initial=done, unit="img", leave=False, file=sys.stderr)
-        self.bar.total = total
-        self.bar.update(done - self.bar.n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 def _rewriter(args: argparse.Namespace):
@@ -149,32 +98,27 @@ def _solve_with_progress(rw: Any, spec: Any, quiet: bool):
             bar.close()
 
 
-def _with_flags(spec: Any, delta: Any, args: argparse.Namespace) -> tuple[Any, Any]:
-    """The edit with the command line's config overrides; its saved factors only while nothing changed."""
-    changed = {name: _config_from_flags(args, cls, getattr(spec, name))
-               for name, cls in (("keys", KeyConfig), ("update", UpdateConfig), ("stats", StatsConfig))}
-    if any(cfg != getattr(spec, name) for name, cfg in changed.items()) or getattr(args, "resolve", False):
-        return dataclasses.replace(spec, **changed), None
-    return spec, delta
-
-
 def cmd_apply(args: argparse.Namespace) -> int:
+    rw = _rewriter(args)
+    edits = []
+    for path in (Path(p) for p in args.edits):  # read and check every edit before any work
+        spec, delta = _with_flags(*_load_edit_for(rw, path, args), args)
+        edits.append((path, rw.check_edit(spec), delta))
+    _apply_and_write(rw, edits, Path(args.out), args)
+    return 0
+
+
+def _apply_and_write(rw: Any, edits: list[tuple[Path, Any, Any]], out: Path, args: argparse.Namespace) -> None:
+    """Solve (unless solved) and apply checked edits; write their files, grids, report.json and weights."""
     from .cache import atomic_write_bytes
     from .edits import save_edit
     from .export import export_model
-    from .render import image_grid, overlay, save_png, to_uint8
     from .quality import quality_report
+    from .render import image_grid, overlay, save_png, to_uint8
     from .report import measure_edit
 
-    rw = _rewriter(args)
-    out = Path(args.out)
-    paths = [Path(p) for p in args.edits]
     seeds = _seeds(args)
     render_cfg = _config_from_flags(args, RenderConfig)
-    edits = []
-    for path in paths:  # read and check every edit before any work
-        spec, delta = _with_flags(*_load_edit_for(rw, path, args), args)
-        edits.append((path, rw.check_edit(spec), delta))
     before = rw.sample(seeds)
     reports = []
     for path, spec, delta in edits:
@@ -202,10 +146,10 @@ def cmd_apply(args: argparse.Namespace) -> int:
         quality = quality_report(rw, entry.id, seeds, render_cfg)
         info["quality"] = {k: v for k, v in quality.to_dict().items() if k not in ("heldout_seeds", *m.report.change.to_dict())}
         reports.append(info)
-        stem = path.stem if len(paths) > 1 else "edit"
+        stem = path.stem if len(edits) > 1 else "edit"
         save_edit(out / f"{stem}.json", spec, delta)
         rows = [to_uint8(m.before), overlay(to_uint8(m.before), m.regions), to_uint8(m.after)]  # before, where it fires, after
-        save_png(image_grid(rows, scale=args.scale), out / (f"{stem}-grid.png" if len(paths) > 1 else "grid.png"))
+        save_png(image_grid(rows, scale=args.scale), out / (f"{stem}-grid.png" if len(edits) > 1 else "grid.png"))
     summary = {"model": rw.info.model_id, "fingerprint": rw.info.fingerprint, "heldout_seeds": seeds, "edits": reports}
     if reports:
         summary.update({k: reports[-1][k] for k in ("inside_change", "outside_change", "ratio")})
@@ -218,6 +162,53 @@ def cmd_apply(args: argparse.Namespace) -> int:
         for line in r["quality"]["lines"]:
             print(f"  {line}")
     print(f"wrote {out}/grid.png, {out}/report.json and the edited weights {weights}")
+
+
+def cmd_suggest(args: argparse.Namespace) -> int:
+    from .cache import atomic_write_bytes
+
+    rw = _rewriter(args)
+    spec, _ = _with_flags(*_load_edit_for(rw, Path(args.edit), args), args)
+    rw.check_edit(spec)
+    try:
+        ranks = [int(r) for r in args.ranks.split(",") if r.strip()]
+    except ValueError:
+        raise RewriteError(f"--ranks must be a comma-separated list of integers, got {args.ranks!r}") from None
+    if not ranks or min(ranks) < 1:
+        raise RewriteError("--ranks must name ranks of at least 1, e.g. 1,2,4")
+    layers = [name.strip() for name in args.layers.split(",") if name.strip()] if args.layers else None
+    bars: dict[str, _Progress] = {}
+
+    def progress(what: str, done: int, total: int) -> None:
+        bars.setdefault(what, _Progress(what, args.quiet))(done, total)
+
+    t0 = time.perf_counter()
+    try:
+        cands = rw.suggest(spec, layers=layers, ranks=ranks, refine=args.refine, seeds=_seeds(args),
+                           config=_config_from_flags(args, RenderConfig), progress=progress)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    seconds = time.perf_counter() - t0
+    fmt = lambda v, f=".2f": "-" if v is None else format(v, f)  # noqa: E731
+    print(f"{'layer':<10}{'rank':>5}{'score':>8}{'transfer':>10}{'fidelity':>10}{'locality':>10}{'collateral':>12}"
+          f"{'seconds':>9}")
+    for c in cands:
+        d = c.to_dict()
+        print(f"{c.layer:<10}{c.rank:>5}{fmt(d['score']):>8}{fmt(d['transfer']):>10}{fmt(d['paste_fidelity']):>10}"
+              f"{fmt(d['locality'], '.1f'):>10}{fmt(d['collateral'], '.3f'):>12}{d['seconds']:>9.2f}"
+              + (f"  ({c.error})" if c.error else ""))
+    out = Path(args.out)
+    best = cands[0]
+    result = {"edit": str(args.edit), "seconds": round(seconds, 3), "best": {"layer": best.layer, "rank": best.rank},
+              "candidates": [c.to_dict() for c in cands]}
+    atomic_write_bytes(out / "suggest.json", json.dumps(result, indent=1).encode())
+    print(f"best: layer {best.layer}, rank {best.rank} ({seconds:.1f}s in all); wrote {out}/suggest.json")
+    if args.apply_best:
+        if best.quality is None:
+            raise RewriteError(f"no layer and rank could be solved for {args.edit}: {best.error}")
+        chosen = dataclasses.replace(spec, layer=best.layer, keys=dataclasses.replace(spec.keys, rank=best.rank))
+        _apply_and_write(rw, [(Path(args.edit), chosen, None)], out, args)
     return 0
 
 
@@ -320,6 +311,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(p, StatsConfig, "statistics")
     _add_config_flags(p, RenderConfig, "report")
     p.set_defaults(func=cmd_apply)
+
+    p = sub.add_parser("suggest", help="try the edit at every layer and a few ranks; rank them by its quality report")
+    p.add_argument("edit", metavar="EDIT.json")
+    p.add_argument("--out", required=True, help="output folder (suggest.json; with --apply-best also apply's files)")
+    p.add_argument("--ranks", default="1,2,4", help="ranks to try, comma-separated (default 1,2,4)")
+    p.add_argument("--layers", default=None, help="layers to try, comma-separated (default: every layer whose "
+                                                  "key grid is at least 4 cells on a side)")
+    p.add_argument("--refine", action="store_true", help="solve each candidate fully (default: the closed form)")
+    p.add_argument("--apply-best", action="store_true", help="apply the best candidate and write what apply writes")
+    common(p, seeds=True)
+    _add_config_flags(p, KeyConfig, "context directions")
+    _add_config_flags(p, UpdateConfig, "update")
+    _add_config_flags(p, StatsConfig, "statistics")
+    _add_config_flags(p, RenderConfig, "report")
+    p.set_defaults(func=cmd_suggest)
 
     p = sub.add_parser("search", help="rank samples by an edit's context direction and show where it fires")
     p.add_argument("edit", metavar="EDIT.json")

@@ -108,14 +108,23 @@ def _peak(heat: torch.Tensor, resolution: int) -> tuple[float, float]:
     return (i // wk + 0.5) * resolution / hk, (i % wk + 0.5) * resolution / wk
 
 
-def quality_report(rw: "Rewriter", entry_id: int, seeds: Sequence[int], config: RenderConfig = RenderConfig()
-                   ) -> QualityReport:
+def quality_report(rw: "Rewriter", entry_id: int, seeds: Sequence[int], config: RenderConfig = RenderConfig(),
+                   originals: dict[int, torch.Tensor] | None = None) -> QualityReport:
     """Measure the active edit `entry_id` of `rw.stack` on held-out `seeds` (the model without this edit
-    is the "original")."""
-    m = measure_edit(rw, entry_id, seeds, config)
-    entry = next(e for e in rw.stack.entries if e.id == entry_id)
-    spec, res = entry.spec, rw.info.resolution
-    heats = rw.heat(m.report.layer, entry.delta.dirs, list(seeds), config.heat_direction)  # (N, Hk, Wk)
+    is the "original"). `originals` may hold images (3, R, R) of the model without this edit by seed, from
+    an earlier call, to spare rendering them again (`suggest` tries many edits on one model)."""
+    originals = originals if originals is not None else {}
+    seeds = list(seeds)
+    entry = next((e for e in rw.stack.entries if e.id == entry_id), None)
+    spec = entry.spec if entry is not None else None
+    wanted = seeds + ([spec.copy.seed, spec.paste.seed] if spec is not None and spec.copy is not None else [])
+    missing = [s for s in dict.fromkeys(wanted) if s not in originals]
+    if missing and entry is not None:
+        with rw.stack.without(entry_id):
+            originals.update(zip(missing, rw.sample(missing)))
+    m = measure_edit(rw, entry_id, seeds, config, before=torch.stack([originals[s] for s in seeds]) if entry else None)
+    assert entry is not None  # measure_edit refused a missing entry
+    res, heats = rw.info.resolution, m.heats  # heats (N, Hk, Wk)
     th = m.report.change.threshold
     peaks = heats.flatten(1).amax(1)
     fires = peaks > th
@@ -124,8 +133,7 @@ def quality_report(rw: "Rewriter", entry_id: int, seeds: Sequence[int], config: 
     collateral = float(change[torch.argsort(peaks)[:quarter]].mean())
     paste_fid = transfer = None
     if spec is not None and spec.copy is not None and not spec.update.erase:
-        with rw.stack.without(entry_id):
-            copy_img, paste_orig = rw.sample([spec.copy.seed, spec.paste.seed])
+        copy_img, paste_orig = originals[spec.copy.seed], originals[spec.paste.seed]
         paste_edit = rw.sample([spec.paste.seed])[0]
         copy_mask, paste_mask = spec.copy.mask.cpu(), spec.paste.mask.cpu()
         copy_box, box = copy_placement(copy_mask, paste_mask)

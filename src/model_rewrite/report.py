@@ -57,6 +57,7 @@ class Measurement:
     before: torch.Tensor  # (N, 3, R, R) in [-1, 1], the model without this edit
     after: torch.Tensor  # (N, 3, R, R), the model with it
     regions: torch.Tensor  # (N, R, R) bool, where the edit's direction fires
+    heats: torch.Tensor  # (N, Hk, Wk) the edit's direction's heat on the key grid
 
 
 def fire_regions(heats: torch.Tensor, resolution: int, quantile: float) -> tuple[torch.Tensor, float]:
@@ -73,11 +74,13 @@ def change_report(before: torch.Tensor, after: torch.Tensor, regions: torch.Tens
     return ChangeReport(inside, outside, inside / max(outside, 1e-12), float(regions.float().mean()), threshold, quantile)
 
 
-def measure_edit(rw: "Rewriter", entry_id: int, seeds: Sequence[int], config: RenderConfig = RenderConfig()) -> Measurement:
+def measure_edit(rw: "Rewriter", entry_id: int, seeds: Sequence[int], config: RenderConfig = RenderConfig(),
+                 before: torch.Tensor | None = None) -> Measurement:
     """Measure the active edit `entry_id` of `rw.stack` on the images `seeds`.
 
-    Before = the model with every active edit but this one; after = the model as it is. The firing
-    regions come from the edit's own direction `config.heat_direction` (its strongest by default).
+    Before = the model with every active edit but this one (pass `before` when the caller has those images
+    already); after = the model as it is. The firing regions come from the edit's own direction
+    `config.heat_direction` (its strongest by default).
     """
     entry = next((e for e in rw.stack.entries if e.id == entry_id), None)
     if entry is None:
@@ -89,13 +92,14 @@ def measure_edit(rw: "Rewriter", entry_id: int, seeds: Sequence[int], config: Re
         raise InvalidEdit(f"heat_direction {config.heat_direction} is out of range: edit {entry.name!r} has "
                           f"{entry.delta.rank} direction(s), numbered from 0")
     layer = entry.spec.layer if entry.spec is not None else _layer_of(rw, entry.delta.param_path)
-    with rw.stack.without(entry.id):
-        before = rw.sample(seeds)
+    if before is None:
+        with rw.stack.without(entry.id):
+            before = rw.sample(seeds)
     after = rw.sample(seeds)
     heats = rw.heat(layer, entry.delta.dirs, seeds, config.heat_direction)
     regions, th = fire_regions(heats, rw.info.resolution, config.fire_quantile)
     change = change_report(before, after, regions, th, config.fire_quantile)
-    return Measurement(EditReport(entry.name, layer, tuple(seeds), change), before, after, regions)
+    return Measurement(EditReport(entry.name, layer, tuple(seeds), change), before, after, regions, heats)
 
 
 def _layer_of(rw: "Rewriter", param_path: str) -> str:

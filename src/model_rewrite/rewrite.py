@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -27,6 +27,9 @@ from .solve import SolveResult, StepCallback, solve_update
 from .stack import EditStack, StackEntry
 from .stats import KeyStats, collect_key_stats
 from .update import LowRankDelta
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .suggest import Candidate
 
 
 @dataclass(frozen=True)
@@ -210,6 +213,13 @@ class Rewriter:
         elif delta.param_path != self.spec(edit.layer).param_path:
             raise InvalidEdit(f"the saved factors are for {delta.param_path}, not layer {edit.layer}")
         return self.stack.push(delta, edit.name, edit)
+
+    def suggest(self, edit: EditSpec, **options: Any) -> list["Candidate"]:
+        """Layers and ranks for `edit`, best first, each solved and scored on held-out images; the model is
+        left as it was. Options: layers, ranks, refine, seeds, config, progress (see `suggest.suggest`)."""
+        from .suggest import suggest
+
+        return suggest(self, edit, **options)
 
     def heat(self, layer: str, dirs: torch.Tensor, seeds: Sequence[int], which: int = 0) -> torch.Tensor:
         """Heat maps (N, Hk, Wk) of direction `which` on the images `seeds`, on the CPU like `sample`."""

@@ -1,0 +1,112 @@
+"""Choosing a layer and a rank for an edit: solve it at every layer that can hold its masks and at a few
+ranks, score each with the quality report on held-out images, and rank the candidates.
+
+The ranking rule (documented, so a user can disagree with it): a candidate's score is the mean of its
+transfer and its paste fidelity (for erase edits, which have neither, its locality ratio); candidates whose
+collateral exceeds `MAX_COLLATERAL` come after all others. Ties keep the order layers and ranks were tried.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+from .config import RenderConfig
+from .edits import EditSpec
+from .errors import RewriteError
+from .quality import QualityReport, quality_report
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .rewrite import Rewriter
+
+DEFAULT_RANKS = (1, 2, 4)
+MIN_KEY_SIDE = 4  # a key grid smaller than this cannot tell a painted region from the rest of the image
+MAX_COLLATERAL = 0.05  # above this mean change on images without the context, a candidate ranks last
+Progress = Callable[[str, int, int], None]  # (what, done, total)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One (layer, rank) tried for an edit, its quality report and what it cost."""
+
+    layer: str
+    rank: int
+    quality: QualityReport | None  # None when the edit could not be solved here (see `error`)
+    seconds: float
+    error: str = ""
+
+    @property
+    def score(self) -> float:
+        """Mean of transfer and paste fidelity (locality ratio for erase edits); -inf when unsolved."""
+        q = self.quality
+        if q is None:
+            return float("-inf")
+        if q.paste_fidelity is None:
+            return q.change.ratio
+        return ((q.transfer if q.transfer is not None else 0.0) + q.paste_fidelity) / 2
+
+    @property
+    def acceptable(self) -> bool:
+        return self.quality is not None and self.quality.collateral <= MAX_COLLATERAL
+
+    def to_dict(self) -> dict[str, Any]:
+        q = self.quality
+        return {"layer": self.layer, "rank": self.rank, "score": None if q is None else self.score,
+                "transfer": None if q is None else q.transfer, "paste_fidelity": None if q is None else q.paste_fidelity,
+                "locality": None if q is None else q.change.ratio, "collateral": None if q is None else q.collateral,
+                "fires_on": None if q is None else q.fires_on, "seconds": round(self.seconds, 3), "error": self.error}
+
+
+def candidate_layers(rw: "Rewriter") -> list[str]:
+    """The editable layers whose key grid is at least MIN_KEY_SIDE cells on a side."""
+    return [info.name for info in rw.layers() if info.key_resolution >= MIN_KEY_SIDE]
+
+
+def rank_candidates(candidates: Sequence[Candidate]) -> list[Candidate]:
+    """Best first: acceptable candidates by score, then the rest by score, then the unsolved."""
+    return sorted(candidates, key=lambda c: (not c.acceptable, c.quality is None, -c.score if c.quality else 0.0))
+
+
+def suggest(rw: "Rewriter", edit: EditSpec, *, layers: Sequence[str] | None = None,
+            ranks: Sequence[int] = DEFAULT_RANKS, refine: bool = False, seeds: Sequence[int] = range(1000, 1016),
+            config: RenderConfig = RenderConfig(), progress: Progress | None = None) -> list[Candidate]:
+    """Try `edit` at each of `layers` (default: `candidate_layers`) and `ranks`, best first.
+
+    Each candidate is solved by the closed form (`refine`: by the edit's own method), pushed, measured with
+    `quality_report` on `seeds` and undone, so the model is left as it was. Statistics of layers not yet
+    cached are collected first (`progress("stats <layer>", done, total)`).
+    """
+    rw.check_edit(edit)
+    layers = list(layers) if layers is not None else candidate_layers(rw)
+    if not layers:
+        raise RewriteError("no layer to try: give layers whose key grid is at least "
+                           f"{MIN_KEY_SIDE} cells on a side")
+    for layer in layers:
+        rw.stats(layer, edit.stats, progress=(lambda d, t, layer=layer: progress(f"stats {layer}", d, t))
+                 if progress else None)
+    out: list[Candidate] = []
+    total = len(layers) * len(ranks)
+    redo = list(rw.stack.undone)
+    originals: dict = {}  # images of the model as it is, shared by every trial  # pushing a trial clears the redo list: the user's is put back afterwards
+    for layer in layers:
+        for rank in ranks:
+            t0 = time.perf_counter()
+            spec = dataclasses.replace(
+                edit, layer=layer, keys=dataclasses.replace(edit.keys, rank=rank),
+                update=edit.update if refine else dataclasses.replace(edit.update, method="closed_form"))
+            try:
+                entry = rw.apply(spec)
+            except RewriteError as exc:  # e.g. the masks cover no cell of this layer's grid
+                out.append(Candidate(layer, rank, None, time.perf_counter() - t0, str(exc)))
+            else:
+                try:
+                    quality = quality_report(rw, entry.id, seeds, config, originals)
+                finally:
+                    rw.stack.undo()
+                    rw.stack.undone[:] = redo  # a trial is not something the user can redo
+                out.append(Candidate(layer, rank, quality, time.perf_counter() - t0))
+            if progress is not None:
+                progress("solve and score", len(out), total)
+    return rank_candidates(out)
