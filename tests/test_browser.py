@@ -56,12 +56,12 @@ def shot(pg, name: str) -> None:
     pg.screenshot(path=str(ARTIFACTS / f"browser-{name}.png"), full_page=False)
 
 
-def paint(pg, seed: int, points: list[tuple[float, float]], which: str = "edited") -> None:
-    """Drag the brush through `points` (image pixels) on the gallery image of `seed`."""
+def paint(pg, seed: int, points: list[tuple[float, float]], which: str = "edited", res: int = RES) -> None:
+    """Drag the brush through `points` (image pixels of a `res`-pixel image) on the gallery image of `seed`."""
     canvas = pg.locator(f'#gallery .card[data-seed="{seed}"] .view.{which} canvas.paint')
     canvas.scroll_into_view_if_needed()
     box = canvas.bounding_box()
-    xy = [(box["x"] + x / RES * box["width"], box["y"] + y / RES * box["height"]) for y, x in points]
+    xy = [(box["x"] + x / res * box["width"], box["y"] + y / res * box["height"]) for y, x in points]
     pg.mouse.move(*xy[0])
     pg.mouse.down()
     for p in xy[1:]:
@@ -285,3 +285,39 @@ def test_cancel_leaves_the_model_unchanged(page):
     pg.wait_for_selector("body[data-ready='1']")
     assert pg.get_attribute("#gallery", "data-state") == state
     shot(pg, "09-cancelled")
+
+
+@pytest.fixture(scope="module")
+def tiny_server(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("e2e-tiny")
+    with live_server("tiny", root / "cache", root / "edits") as url:
+        yield url
+
+
+def test_suggest_shows_a_ranked_table_whose_rows_set_layer_and_rank(browser, tiny_server):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    pg.goto(tiny_server)
+    pg.wait_for_selector("body[data-ready='1']")
+    tool(pg, "copy")
+    paint(pg, 0, scribble(4, 14, 4, 14), res=32)  # the tiny model makes 32-pixel images
+    tool(pg, "paste")
+    paint(pg, 1, scribble(16, 26, 16, 26), res=32)
+    pg.click("#suggest")
+    wait_job(pg)
+    pg.wait_for_selector("#suggestions:not([hidden])")
+    rows = pg.eval_on_selector_all("#suggestions tbody tr", "trs => trs.map(t => [t.dataset.layer, t.dataset.rank])")
+    job = pg.request.get(tiny_server.rstrip("/") + "/api/job").json()["job"]
+    assert rows == [[r["layer"], str(r["rank"])] for r in job["suggestions"]] and len(rows) == 9
+    shot(pg, "suggest")
+    last = pg.locator("#suggestions tbody tr").nth(len(rows) - 1)
+    if last.locator("button.use").count():
+        last.locator("button.use").click()
+        assert pg.input_value("#layer") == rows[-1][0] and pg.input_value("#rank") == rows[-1][1]
+    first = pg.locator("#suggestions tbody tr").first
+    first.locator("button.use").click()
+    assert pg.input_value("#layer") == rows[0][0] and pg.input_value("#rank") == rows[0][1]
+    context.close()
+    assert not errors, f"JavaScript errors in the page: {errors}"

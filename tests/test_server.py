@@ -667,3 +667,24 @@ def test_the_web_app_edits_a_rosinality_stylegan2_checkpoint(stats_cache, tmp_pa
         assert client.post("/api/history/undo").status_code == 200
         restored = gallery_pngs(client, "0-3")
         assert all(np.array_equal(restored[s], before[s]) for s in before)
+
+
+def test_suggest_runs_as_a_job_and_leaves_the_model_as_it_was(client, session):
+    run_edit(client)  # one applied edit that must stay applied, alone
+    before = gallery_pngs(client, "0-3")
+    r = client.post("/api/suggest", json=edit_body())
+    assert r.status_code == 202 and r.json()["kind"] == "suggest"
+    job = wait_job(client, timeout_s=120)
+    assert job["state"] == "done" and job["report"] is None and job["entry_id"] is None, job
+    rows = job["suggestions"]
+    # every layer whose key grid is at least 4 cells on a side (b8, b16, b32 of the tiny model), ranks 1, 2, 4
+    assert {(r["layer"], r["rank"]) for r in rows} == {(l, k) for l in ("b8", "b16", "b32") for k in (1, 2, 4)}
+    scored = [r for r in rows if r["score"] is not None]
+    for r in scored:  # the documented score, and best first among the acceptable ones
+        assert r["score"] == pytest.approx(((r["transfer"] or 0.0) + r["paste_fidelity"]) / 2)
+    ok = [r["score"] for r in scored if r["collateral"] <= 0.05]
+    assert ok == sorted(ok, reverse=True) and rows[: len(ok)] == [r for r in scored if r["collateral"] <= 0.05]
+    history = client.get("/api/history").json()
+    assert [e["id"] for e in history["entries"]] == [1] and history["undone"] == []
+    after = gallery_pngs(client, "0-3")
+    assert all(np.array_equal(before[s], after[s]) for s in before)

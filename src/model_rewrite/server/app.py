@@ -116,7 +116,8 @@ def _job_out(job: Job, since: int = 0) -> S.JobOut:
     since = max(0, min(since, len(job.losses)))
     return S.JobOut(id=job.id, kind=job.kind, name=job.name, state=job.state, phase=job.phase, step=job.step,
                     steps=job.steps, losses=job.losses[since:], since=since, error=job.error,
-                    entry_id=job.entry_id, seconds=round(job.seconds, 3), report=job.report)
+                    entry_id=job.entry_id, seconds=round(job.seconds, 3), report=job.report,
+                    suggestions=job.suggestions)
 
 
 def _image_url(state: str, seed: int) -> str:
@@ -209,6 +210,12 @@ def create_app(session: EditSession) -> FastAPI:
     def execute(body: S.EditIn) -> S.JobOut:
         """Start solving the edit; poll /api/job for progress. 409 while another edit runs."""
         return _job_out(session.start_job(_spec_from_input(session, body)))
+
+    @app.post("/api/suggest", response_model=S.JobOut, status_code=202)
+    def suggest(body: S.EditIn) -> S.JobOut:
+        """Start trying the edit at every layer and ranks 1, 2, 4 (closed form, scored by the quality report on
+        held-out images); poll /api/job for the table. The model is left as it was."""
+        return _job_out(session.start_suggest(_spec_from_input(session, body)))
 
     @app.get("/api/job", response_model=S.JobStatus)
     def job(since: int = Query(0, ge=0)) -> S.JobStatus:

@@ -26,7 +26,7 @@ class Job:
     """A long operation on the model (solving an edit): its progress, result, report and cancel flag."""
 
     id: int
-    kind: str  # "execute" | "load"
+    kind: str  # "execute" | "load" | "suggest"
     name: str
     state: str = "running"  # running | done | cancelled | failed
     phase: str = "starting"  # statistics | solving | applying | measuring
@@ -35,7 +35,8 @@ class Job:
     losses: list[float] = field(default_factory=list)
     error: str = ""
     entry_id: int | None = None
-    report: dict[str, Any] | None = None  # report.EditReport.to_dict() of the applied edit
+    report: dict[str, Any] | None = None  # quality.QualityReport.to_dict() of the applied edit
+    suggestions: list[dict[str, Any]] | None = None  # suggest.Candidate.to_dict() rows, best first
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
@@ -166,6 +167,20 @@ def solve_and_push(rw: Rewriter, spec: EditSpec, report_seeds: Sequence[int], jo
     except RewriteError as exc:  # the edit is applied either way: say so rather than fail the job
         log.warning("measuring edit %d failed: %s", job.entry_id, exc)
         job.error = f"the edit is applied, but measuring it on held-out images failed: {exc}"
+
+
+def suggest_layers(rw: Rewriter, spec: EditSpec, seeds: Sequence[int], job: Job) -> None:
+    """A job's work: `Rewriter.suggest` for `spec` (every layer, ranks 1, 2, 4), scored on `seeds`; the
+    model is left as it was. Cancelling stops it between steps."""
+    job.phase = "suggesting"
+
+    def progress(what: str, done: int, total: int) -> None:
+        job.phase, job.step, job.steps = ("statistics" if what.startswith("stats") else "suggesting"), done, total
+        if job.cancel.is_set():
+            raise JobCancelled
+
+    candidates = rw.suggest(spec, seeds=seeds, progress=progress)
+    job.suggestions = [c.to_dict() for c in candidates]
 
 
 def measured(rw: Rewriter, entry_id: int, seeds: Sequence[int]) -> dict[str, Any]:

@@ -161,8 +161,11 @@ class JobOut(BaseModel):
     entry_id: int | None
     seconds: float
     # once done: `quality.quality_report` on held-out images (QualityReport.to_dict(): name, layer, heldout_seeds,
-    # inside_change, outside_change, ratio, fire_fraction, threshold, quantile); None before or on failure
+    # paste_fidelity, transfer, fires_on, collateral, verdicts, lines, inside_change, outside_change, ratio, ...);
+    # None before or on failure
     report: dict[str, Any] | None = None
+    # a "suggest" job, once done: one row per (layer, rank) tried, best first (suggest.Candidate.to_dict())
+    suggestions: list[dict[str, Any]] | None = None
 
 
 class JobStatus(BaseModel):

@@ -22,7 +22,7 @@ from ..stack import StackEntry
 from ..update import LowRankDelta
 from .context import ContextFinder
 from .errors import NotFound
-from .jobs import Job, ModelLock, solve_and_push
+from .jobs import Job, ModelLock, solve_and_push, suggest_layers
 from .rendering import Renderer, copy_preview
 from .storage import EditFolder
 
@@ -132,6 +132,10 @@ class EditSession:
     def start_job(self, spec: EditSpec, kind: str = "execute") -> Job:
         """Solve `spec` in a background thread, push it and measure it; SessionBusy if a job runs already."""
         return self.lock.start(kind, spec.name or "edit", partial(solve_and_push, self.rw, spec, self.report_seeds))
+
+    def start_suggest(self, spec: EditSpec) -> Job:
+        """Try `spec` at every layer and ranks 1, 2, 4 in a background job (see `Rewriter.suggest`)."""
+        return self.lock.start("suggest", spec.name or "edit", partial(suggest_layers, self.rw, spec, self.report_seeds))
 
     def cancel(self) -> Job | None:
         return self.lock.cancel()

@@ -466,6 +466,52 @@ function draftJson() {
   };
 }
 
+async function suggestLayers() {
+  let body;
+  try { body = draftJson(); } catch (err) { return say(err.message, "error"); }
+  const job = await guarded(() => api("POST", "/api/suggest", body));
+  if (job) followJob(job);
+}
+
+// The table of a finished suggest job: one row per layer and rank, best first, each with a button that
+// takes its layer and rank for the next Execute.
+function showSuggestions(rows) {
+  const root = $("#suggestions");
+  const body = root.querySelector("tbody");
+  body.textContent = "";
+  const num = (v, d = 2) => (v === null || v === undefined ? "–" : Number(v).toFixed(d));
+  for (const r of rows) {
+    const tr = document.createElement("tr");
+    tr.dataset.layer = r.layer;
+    tr.dataset.rank = r.rank;
+    for (const v of [r.layer, r.rank, num(r.score), num(r.transfer), num(r.paste_fidelity), num(r.locality, 1),
+                     num(r.collateral, 3)]) {
+      const td = document.createElement("td");
+      td.textContent = v;
+      tr.appendChild(td);
+    }
+    const td = document.createElement("td");
+    if (r.score !== null) {
+      const use = document.createElement("button");
+      use.className = "use";
+      use.textContent = "Use";
+      use.title = `edit at layer ${r.layer} with rank ${r.rank}`;
+      use.addEventListener("click", () => {
+        $("#layer").value = r.layer;
+        $("#rank").value = r.rank;
+        describeLayer();
+        say(`layer ${r.layer}, rank ${r.rank}: press Execute to apply the edit there`);
+      });
+      td.appendChild(use);
+    } else {
+      td.textContent = r.error;
+    }
+    tr.appendChild(td);
+    body.appendChild(tr);
+  }
+  root.hidden = !rows.length;
+}
+
 async function execute() {
   let body;
   try { body = draftJson(); } catch (err) { return say(err.message, "error"); }
@@ -492,7 +538,7 @@ function showReport(j) {
 function setRunning(running) {
   document.body.classList.toggle("running", running);
   $("#cancel").hidden = !running;
-  for (const id of ["execute", "undo", "redo", "revert", "search", "save"]) $(`#${id}`).disabled = running;
+  for (const id of ["execute", "suggest", "undo", "redo", "revert", "search", "save"]) $(`#${id}`).disabled = running;
 }
 
 async function followJob(job) {
@@ -519,7 +565,11 @@ async function followJob(job) {
     setRunning(false);
   }
   const j = app.job;
-  if (j.state === "done") {
+  if (j.state === "done" && j.kind === "suggest") {
+    const best = j.suggestions[0];
+    say(`tried ${j.suggestions.length} layers and ranks in ${j.seconds.toFixed(1)} s; best: ${best.layer}, rank ${best.rank}`);
+    showSuggestions(j.suggestions);
+  } else if (j.state === "done") {
     say(`applied ${j.name} in ${j.seconds.toFixed(1)} s`);
     showReport(j);
     await refreshHistory();
@@ -741,6 +791,7 @@ async function init() {
   $("#prev").addEventListener("click", () => { if (app.page > 0) { app.page -= 1; loadGallery(); } });
   $("#next").addEventListener("click", () => { if (app.gallery && app.page < app.gallery.pages - 1) { app.page += 1; loadGallery(); } });
   $("#execute").addEventListener("click", execute);
+  $("#suggest").addEventListener("click", suggestLayers);
   $("#cancel").addEventListener("click", () => guarded(() => api("POST", "/api/job/cancel")));
   $("#undo").addEventListener("click", () => historyAction("POST", "/api/history/undo"));
   $("#redo").addEventListener("click", () => historyAction("POST", "/api/history/redo"));
