@@ -87,7 +87,7 @@ def changed_tensors(file_sd: Mapping[str, Any], names: Mapping[str, str | None],
         if new.shape != old.shape:
             raise ModelLoadError(f"cannot write {ours_key} {tuple(new.shape)} as {key} {tuple(old.shape)}: the shapes differ")
         if not torch.equal(new, old):
-            out[key] = new.contiguous()
+            out[key] = new.clone(memory_format=torch.contiguous_format)  # its own storage, not a view of ours
     return out
 
 

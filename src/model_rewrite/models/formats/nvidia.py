@@ -186,14 +186,15 @@ class RestrictedUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError("refused persistent id: not part of an NVIDIA network pickle")
 
 
-def read_network_pickle(path: str | Path) -> Any:
-    """Unpickle an NVIDIA network pickle into plain data (PersistentRecords, tensors, dicts). Executes nothing."""
+def read_network_pickle(path: str | Path, unpickler: type[RestrictedUnpickler] = RestrictedUnpickler) -> Any:
+    """Unpickle an NVIDIA network pickle into plain data (PersistentRecords, tensors, dicts). Executes nothing.
+    `unpickler` may be a RestrictedUnpickler subclass that keeps more (the writer's FaithfulUnpickler)."""
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"no network pickle at {path}")
     try:
         with open(path, "rb") as f:
-            return RestrictedUnpickler(f).load()
+            return unpickler(f).load()
     except pickle.UnpicklingError as exc:
         raise ModelLoadError(f"refused to load {path}: {exc}") from None
     except (EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError, RuntimeError, OverflowError,
