@@ -72,9 +72,11 @@ def sidecar_path(path: str | Path) -> Path:
 
 def choose_format(info: ModelInfo, out: str | Path, requested: str | None = None) -> str:
     """The format to write: "safetensors" or the model's origin format. Without a request, the origin's
-    format when the model was read from a file and `out` does not end in `.safetensors`."""
+    format when the model was read from a file and `out` does not end in `.safetensors`. ExportError for a
+    format the model cannot be written in, and for an `out` that is the model's own file."""
     out = Path(out)
     origin = info.origin
+    _refuse_overwriting(info, out)
     if requested not in (None, *EXPORT_FORMATS):
         raise ExportError(f"unknown export format {requested!r}; use one of {list(EXPORT_FORMATS)}")
     if requested is None:
@@ -109,7 +111,6 @@ def export_edited(model: nn.Module, info: ModelInfo, out: str | Path, edits: Seq
     `choose_format`'s default). Atomic; refuses to overwrite the input file."""
     out = Path(out)
     written = choose_format(info, out, fmt)
-    _refuse_overwriting(info, out)
     if written == "safetensors":
         if also_g:
             raise ExportError("--also-g applies to --format same (a checkpoint with a training generator beside g_ema)")

@@ -131,7 +131,8 @@ class FaithfulUnpickler(RestrictedUnpickler):
         if (module, name) == ("torch._utils", "_rebuild_parameter"):
             return _parameter
         if (module, name) == ("torch._utils", "_rebuild_parameter_with_state"):
-            raise pickle.UnpicklingError("a Parameter with extra Python state cannot be written back")
+            raise pickle.UnpicklingError("it holds a Parameter with extra Python state, which cannot be written back; "
+                                         "export with --format safetensors")
         return checked
 
     @staticmethod
