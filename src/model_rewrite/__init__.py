@@ -34,6 +34,7 @@ _EXPORTS = {
     "key_directions": "directions",
     "collect_key_stats": "stats",
     "export_model": "export",
+    "export_edited": "export",
     "RewriteError": "errors",
 }
 
@@ -44,7 +45,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .directions import key_directions
     from .edits import EditSpec, Selection, load_edit, save_edit
     from .errors import RewriteError
-    from .export import export_model
+    from .export import export_edited, export_model
     from .layers import LayerSpec
     from .models import ModelInfo, load_generator
     from .paper_format import edit_from_paper_request

@@ -8,7 +8,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable
 
 import torch
 
@@ -27,13 +27,15 @@ def default_cache_dir() -> Path:
     return Path(base) / "model-rewrite"
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file and `os.replace`: never a half-written file."""
+def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Call `write(f)` on a temporary file beside `path`, then rename it to `path` (`os.replace`): readers
+    see the old file or the complete new one, never a half-written file. Streams, so large checkpoints
+    are not held in memory twice."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         umask = os.umask(0)
@@ -44,6 +46,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file and `os.replace`: never a half-written file."""
+    atomic_write(path, lambda f: f.write(data))
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:

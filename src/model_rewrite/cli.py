@@ -244,15 +244,18 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import check_export, export_model
+    from .export import check_export, choose_format, export_edited
 
     rw = _rewriter(args)
+    choose_format(rw.info, args.out, args.format)  # refuse an impossible format before any work
     for p in args.edits:
         spec, delta = _load_edit_for(rw, Path(p), args)
         rw.apply(spec, delta)
-    path = export_model(rw.model, rw.info, args.out, [str(p) for p in args.edits])
-    diff = check_export(rw.model, path, rw.latents(list(range(4))))
-    print(f"wrote {path} with {len(args.edits)} edit(s); reloaded max difference {diff:.2e}")
+    result = export_edited(rw.model, rw.info, args.out, [str(p) for p in args.edits], args.format, args.also_g)
+    diff = check_export(rw.model, result, rw.latents(list(range(4))), rw.info)
+    what = "safetensors" if result.format == "safetensors" else f"{result.format} format, {len(result.changed)} tensor(s) changed"
+    extra = f", edits in {result.sidecar}" if result.sidecar else ""
+    print(f"wrote {result.path} ({what}{extra}) with {len(args.edits)} edit(s); reloaded max difference {diff:.2e}")
     return 0 if diff == 0.0 else 1
 
 
@@ -337,9 +340,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(p, RenderConfig, "report")
     p.set_defaults(func=cmd_search)
 
-    p = sub.add_parser("export", help="apply edits and export the edited model as safetensors")
+    p = sub.add_parser("export", help="apply edits and write the edited model, in its own checkpoint format or as safetensors")
     p.add_argument("edits", nargs="+", metavar="EDIT.json")
-    p.add_argument("--out", required=True, help="output .safetensors file")
+    p.add_argument("--out", required=True, help="output file (never the model's own file)")
+    p.add_argument("--format", choices=["same", "safetensors"], default=None,
+                   help="same: the input checkpoint's own format (rosinality .pt, NVIDIA .pkl, ProGAN, DCGAN), edits "
+                        "listed in OUT.edits.json; safetensors: our own file. Default: same for a model read from a "
+                        "file unless --out ends in .safetensors")
+    p.add_argument("--also-g", action="store_true",
+                   help="also move the training generator (rosinality g, NVIDIA G) by the same weight change")
     common(p)
     p.set_defaults(func=cmd_export)
 

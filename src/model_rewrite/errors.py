@@ -29,3 +29,7 @@ class CorruptCache(RewriteError):
 
 class SolveError(RewriteError):
     """The update could not be solved (non-finite result, empty selection...)."""
+
+
+class ExportError(RewriteError):
+    """An export was refused: a format the model cannot be written in, or an output that would overwrite the input."""

@@ -1,15 +1,20 @@
-"""Helpers shared by the checkpoint formats: safe torch reading, file hashes, strict state-dict loading."""
+"""Helpers shared by the checkpoint formats: safe torch reading and atomic writing, file hashes, strict
+state-dict loading, and the tensor bookkeeping of writing an edited model back into its own file format."""
 
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
+import zipfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..cache import atomic_write
 from ..errors import ModelLoadError
 
 
@@ -57,3 +62,50 @@ def load_strict(model: nn.Module, sd: dict[str, torch.Tensor], source: object) -
         if v.is_floating_point() and not torch.isfinite(v).all():
             raise ModelLoadError(f"{source}: tensor {k} holds NaN or infinite values")
     model.load_state_dict(sd)
+
+
+def fit_shape(value: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """`value` reshaped to `shape` when the two differ only by dimensions of size 1 (rosinality's leading 1
+    of conv weights, a noise strength stored as `[1]` or `[]`...); otherwise `value` unchanged, so that
+    load_strict reports the mismatch. Used both ways: file -> our model, and our model -> file."""
+    if tuple(value.shape) != tuple(shape) and [d for d in value.shape if d != 1] == [d for d in shape if d != 1]:
+        return value.reshape(tuple(shape))
+    return value
+
+
+def changed_tensors(file_sd: Mapping[str, Any], names: Mapping[str, str | None],
+                    ours: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors of a file's state dict that our (edited) model holds with other values: by file key, our
+    tensor in the file's shape and dtype. `names` maps a file key to our key (None: we do not store it).
+    An unedited model gives {}, so writing it back reproduces the file's tensors bit for bit."""
+    out: dict[str, torch.Tensor] = {}
+    for key, ours_key in names.items():
+        old = file_sd[key]
+        if ours_key is None or not isinstance(old, torch.Tensor):
+            continue
+        new = fit_shape(ours[ours_key].detach().cpu(), old.shape).to(old.dtype)
+        if new.shape != old.shape:
+            raise ModelLoadError(f"cannot write {ours_key} {tuple(new.shape)} as {key} {tuple(old.shape)}: the shapes differ")
+        if not torch.equal(new, old):
+            out[key] = new.clone(memory_format=torch.contiguous_format)  # its own storage, not a view of ours
+    return out
+
+
+def with_tensors(sd: Mapping[str, Any], changes: Mapping[str, Any]) -> Any:
+    """A shallow copy of `sd` (same type, same key order, an OrderedDict's `_metadata` kept) with `changes`."""
+    new = copy.copy(sd)
+    for key, value in changes.items():
+        new[key] = value
+    return new
+
+
+def moved_by(target: torch.Tensor, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """`target` moved by the change `new - old` of another copy of the same weights (for `g` beside `g_ema`)."""
+    return (target.double() + (new.double() - old.double())).to(target.dtype)
+
+
+def write_torch_checkpoint(obj: Any, path: Path, like: Path) -> None:
+    """torch.save `obj` atomically at `path`, in the serialization of the file `like` (the zip archive of
+    torch >= 1.6, or the legacy format)."""
+    legacy = not zipfile.is_zipfile(like)
+    atomic_write(path, lambda f: torch.save(obj, f, _use_new_zipfile_serialization=not legacy))

@@ -16,14 +16,15 @@ from .formats.nvidia import load_nvidia_pickle
 from .formats.progan import load_progan_checkpoint
 from .formats.rosinality import load_rosinality
 from .formats.sampling import split_sampling_options
-from .info import ModelInfo, model_info
+from .info import ModelInfo, ModelOrigin, model_info
 from .stylegan2 import StyleGAN2Generator
 from .tiny import tiny_generator
 
 DEFAULT_MODEL = "faces"
 
 Matcher = Callable[[str], str | None]  # model name -> the loader's argument (the name less its prefix), or None
-Loader = Callable[[str], tuple[nn.Module, str]]  # that argument -> (network, where its weights came from)
+# that argument -> (network, where its weights came from, the file and format it was read from or None)
+Loader = Callable[[str], tuple[nn.Module, str, ModelOrigin | None]]
 
 
 @dataclass(frozen=True)
@@ -57,16 +58,16 @@ def existing_path(suffix: str | None = None) -> Matcher:
     return lambda name: name if Path(name).exists() and suffix in (None, Path(name).suffix) else None
 
 
-def load_stylegan2(spec: str) -> tuple[StyleGAN2Generator, str]:
-    """A StyleGAN2 from a rosinality `.pt` checkpoint or (for `.pkl`) an NVIDIA network pickle, and a
-    description of its source. `spec` may end in sampling options: `PATH?truncation_psi=0.5`."""
+def load_stylegan2(spec: str) -> tuple[StyleGAN2Generator, str, ModelOrigin]:
+    """A StyleGAN2 from a rosinality `.pt` checkpoint or (for `.pkl`) an NVIDIA network pickle, a
+    description of its source and its origin. `spec` may end in sampling options: `PATH?truncation_psi=0.5`."""
     path, _ = split_sampling_options(spec)
     return load_nvidia_pickle(spec) if path.suffix == ".pkl" else load_rosinality(spec)
 
 
-def load_tiny(_: str) -> tuple[nn.Module, str]:
-    """The seeded 32 px test model."""
-    return tiny_generator(0), "seeded random weights (seed 0)"
+def load_tiny(_: str) -> tuple[nn.Module, str, None]:
+    """The seeded 32 px test model (built from code: no file)."""
+    return tiny_generator(0), "seeded random weights (seed 0)", None
 
 
 # Walked in order; the first form whose matcher accepts a name loads it. Prefixed forms come before the
@@ -105,6 +106,6 @@ def load_generator(model: str | Path = DEFAULT_MODEL, device: str | torch.device
     """
     name = str(model)
     fmt, arg = find_format(name)
-    net, source = fmt.load(arg)
+    net, source, origin = fmt.load(arg)
     net = net.to(device).eval()
-    return net, model_info(net, fmt.model_id or name, source)
+    return net, model_info(net, fmt.model_id or name, source, origin)

@@ -13,7 +13,7 @@ from ...cache import save_tensors
 from ...errors import ModelLoadError
 from ..checkpoint import load_strict
 from ..dcgan import DCGANGenerator
-from ..info import ModelInfo, fingerprint_model
+from ..info import ModelInfo, ModelOrigin, fingerprint_model
 from ..progan import ProGANGenerator
 from ..stylegan2 import StyleGAN2Generator
 
@@ -75,7 +75,7 @@ def load_exported(path: str | Path) -> tuple[nn.Module, dict]:
     return model.eval(), info
 
 
-def load_exported_file(path: str | Path) -> tuple[nn.Module, str]:
-    """An exported generator, and the resolved path as its source."""
+def load_exported_file(path: str | Path) -> tuple[nn.Module, str, ModelOrigin]:
+    """An exported generator, the resolved path as its source, and its origin."""
     path = Path(path)
-    return load_exported(path)[0], str(path.resolve())
+    return load_exported(path)[0], str(path.resolve()), ModelOrigin("safetensors", str(path.resolve()))

@@ -3,9 +3,9 @@ the file, -> our StyleGAN2Generator (from their `G_ema`).
 
 NVIDIA's own loader `exec`s the Python source embedded in the pickle and lets pickle call any global
 (FORMATS.md 4.2). Here a restricted unpickler answers only an allow-list of globals (FORMATS.md 4.7):
-network objects become plain `PersistentRecord`s whose embedded source is hashed and dropped, tensors
+network objects become plain `PersistentRecord`s whose embedded source is kept as inert text, tensors
 are rebuilt by torch's own functions, storages are read with `torch.load(weights_only=True)`, and every
-other global is refused with an UnpicklingError naming it.
+other global is refused with an UnpicklingError naming it. (The writer is models/formats/nvidia_writer.py.)
 """
 
 from __future__ import annotations
@@ -27,9 +27,10 @@ import numpy as np
 import torch
 
 from ...errors import ModelLoadError
-from ..checkpoint import load_strict
+from ..checkpoint import fit_shape, load_strict
+from ..info import ModelOrigin
 from ..stylegan2 import StyleGAN2Generator, fir_taps
-from .sampling import apply_sampling_options, split_sampling_options
+from .sampling import apply_sampling_options, options_text, split_sampling_options
 
 PERSISTENCE_VERSION = 6  # torch_utils.persistence format version of every released NVIDIA pickle
 _NUMPY_CODES = frozenset({"f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "b1"})
@@ -41,14 +42,15 @@ _NUMPY_CODES = frozenset({"f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "u2", 
 class PersistentRecord:
     """A network object from a pickle, as data: its class name and pickled `__dict__` (`state`).
 
-    The class's module source is never executed; only its length and sha256 are kept. Frozen, without
-    `__dict__` and refusing `__setstate__`, so a pickle cannot change its fields or methods (BUILD)."""
+    The class's module source is kept as text (for writing the pickle back) and never executed. Frozen,
+    without `__dict__` and refusing `__setstate__`, so a pickle cannot change its fields or methods (BUILD)."""
 
     class_name: str
     version: int
     module_src_sha256: str
     module_src_len: int
     state: dict[str, Any] = field(repr=False)
+    module_src: str = field(default="", repr=False, compare=False)
 
     def __setstate__(self, state: Any) -> None:
         raise pickle.UnpicklingError("the pickle tries to modify a network record after creating it")
@@ -78,7 +80,7 @@ def _reconstruct_persistent_obj(meta: Any) -> PersistentRecord:
     if version != PERSISTENCE_VERSION:
         raise pickle.UnpicklingError(f"persistence format version {version!r} is not supported (expected {PERSISTENCE_VERSION})")
     return PersistentRecord(class_name, int(version), hashlib.sha256(src.encode("utf-8", "surrogatepass")).hexdigest(),
-                            len(src), dict(state))
+                            len(src), dict(state), src)
 
 
 def _rebuild_parameter(data: Any, requires_grad: Any = False, backward_hooks: Any = None, state: Any = None) -> torch.Tensor:
@@ -184,14 +186,15 @@ class RestrictedUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError("refused persistent id: not part of an NVIDIA network pickle")
 
 
-def read_network_pickle(path: str | Path) -> Any:
-    """Unpickle an NVIDIA network pickle into plain data (PersistentRecords, tensors, dicts). Executes nothing."""
+def read_network_pickle(path: str | Path, unpickler: type[RestrictedUnpickler] = RestrictedUnpickler) -> Any:
+    """Unpickle an NVIDIA network pickle into plain data (PersistentRecords, tensors, dicts). Executes nothing.
+    `unpickler` may be a RestrictedUnpickler subclass that keeps more (the writer's FaithfulUnpickler)."""
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"no network pickle at {path}")
     try:
         with open(path, "rb") as f:
-            return RestrictedUnpickler(f).load()
+            return unpickler(f).load()
     except pickle.UnpicklingError as exc:
         raise ModelLoadError(f"refused to load {path}: {exc}") from None
     except (EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError, RuntimeError, OverflowError,
@@ -306,44 +309,56 @@ def stylegan2_arguments(g: PersistentRecord, source: str) -> dict[str, Any]:
             "conv_clamp": None if conv_clamp is None else _number(conv_clamp, "conv_clamp")}
 
 
+def nvidia_key(key: str) -> str | None:
+    """Our state-dict key for an NVIDIA `G_ema.state_dict()` key (FORMATS.md 4.3), None for the resample
+    filters (fixed; ours are built from the taps). The tensors are stored the same way (FORMATS.md 4.4:
+    unscaled) and differ at most by dimensions of size 1, so this one mapping serves the loader and the
+    writer (models/formats/nvidia_writer.py). KeyError for keys our StyleGAN2 does not have."""
+    if m := re.fullmatch(r"mapping\.(fc\d+\.(?:weight|bias)|w_avg)|synthesis\.(b\d+\.const)", key):
+        return f"mapping.{m.group(1)}" if m.group(1) else m.group(2)
+    if m := re.fullmatch(r"synthesis\.(b\d+\.conv[01])\.weight", key):
+        return f"{m.group(1)}.conv.weight"
+    if m := re.fullmatch(r"synthesis\.(b\d+\.conv[01]\.(?:affine\.weight|affine\.bias|noise_strength|bias|noise_const)|"
+                         r"b\d+\.torgb\.(?:weight|bias|affine\.weight|affine\.bias))", key):
+        return m.group(1)
+    if re.fullmatch(r"synthesis\.b\d+(\.conv[01]|\.torgb)?\.resample_filter", key):
+        return None
+    raise KeyError(key)
+
+
 def state_dict_from_nvidia(sd: dict[str, torch.Tensor], model: StyleGAN2Generator) -> dict[str, torch.Tensor]:
-    """Our StyleGAN2 state dict from NVIDIA `G_ema` names (FORMATS.md 4.3); resample filters are checked
+    """Our StyleGAN2 state dict from NVIDIA `G_ema` names (`nvidia_key`); resample filters are checked
     and dropped. `sampling.*` take the model's current values."""
     expected = torch.outer(fir_taps(model.blur_kernel), fir_taps(model.blur_kernel))
+    own = model.state_dict()
     out: dict[str, torch.Tensor] = {}
     unexpected = []
     for key, value in sd.items():
-        if m := re.fullmatch(r"mapping\.(fc\d+\.(?:weight|bias)|w_avg)", key):
-            out[f"mapping.{m.group(1)}"] = value
-        elif m := re.fullmatch(r"synthesis\.(b\d+)\.const", key):
-            out[f"{m.group(1)}.const"] = value
-        elif m := re.fullmatch(r"synthesis\.(b\d+\.conv[01])\.weight", key):
-            out[f"{m.group(1)}.conv.weight"] = value
-        elif m := re.fullmatch(r"synthesis\.(b\d+\.conv[01])\.(affine\.weight|affine\.bias|noise_strength|bias|noise_const)", key):
-            out[f"{m.group(1)}.{m.group(2)}"] = value.reshape(()) if m.group(2) == "noise_strength" else value
-        elif m := re.fullmatch(r"synthesis\.(b\d+\.torgb)\.(weight|bias|affine\.weight|affine\.bias)", key):
-            out[f"{m.group(1)}.{m.group(2)}"] = value
-        elif re.fullmatch(r"synthesis\.b\d+(\.conv[01]|\.torgb)?\.resample_filter", key):
-            if value.shape != expected.shape or not torch.allclose(value.float(), expected, atol=1e-6):
-                raise ModelLoadError(f"{key} is not the standard [1,3,3,1] filter; other resample filters are not supported")
-        else:
+        try:
+            ours = nvidia_key(key)
+        except KeyError:
             unexpected.append(key)
+            continue
+        if ours is not None:
+            out[ours] = fit_shape(value, own[ours].shape) if ours in own else value
+        elif value.shape != expected.shape or not torch.allclose(value.float(), expected, atol=1e-6):
+            raise ModelLoadError(f"{key} is not the standard [1,3,3,1] filter; other resample filters are not supported")
     if unexpected:
         raise ModelLoadError(f"G_ema tensors that do not fit our StyleGAN2: {unexpected[:8]}")
-    own = model.state_dict()
     for key in ("sampling.psi", "sampling.cutoff", "sampling.noise_mode"):
         out[key] = own[key].clone()
     return out
 
 
-def load_nvidia_pickle(path: str | Path) -> tuple[StyleGAN2Generator, str]:
+def load_nvidia_pickle(path: str | Path) -> tuple[StyleGAN2Generator, str, ModelOrigin]:
     """A StyleGAN2Generator (eval mode, fp32, noise_mode 'const', no truncation) from the `G_ema` of an
-    NVIDIA StyleGAN2-ADA or StyleGAN3-repo (--cfg=stylegan2) network pickle, and a description of its
-    source. `path` may end in sampling options (`PATH?truncation_psi=0.5`). Executes nothing from the file."""
+    NVIDIA StyleGAN2-ADA or StyleGAN3-repo (--cfg=stylegan2) network pickle, a description of its source
+    and its origin. `path` may end in sampling options (`PATH?truncation_psi=0.5`). Executes nothing from the file."""
     path, options = split_sampling_options(path)
     g = generator_record(read_network_pickle(path), str(path))
     model = StyleGAN2Generator(**stylegan2_arguments(g, str(path)))
     sd = {k: v.float() if v.is_floating_point() else v for k, v in state_dict_from_record(g).items()}
     load_strict(model, state_dict_from_nvidia(sd, model), path)
     apply_sampling_options(model, options)
-    return model.eval(), f"NVIDIA network pickle {path.resolve()} (G_ema)"
+    return (model.eval(), f"NVIDIA network pickle {path.resolve()} (G_ema)",
+            ModelOrigin("nvidia", str(path.resolve()), options_text(options)))

@@ -1,4 +1,5 @@
-"""ProGAN generator state dicts (`.pth`, read with weights_only=True; current or old key layout) -> ProGANGenerator."""
+"""ProGAN generator state dicts (`.pth`, read with weights_only=True; current or old key layout) -> ProGANGenerator,
+and an edited ProGANGenerator written back into a copy of such a file."""
 
 from __future__ import annotations
 
@@ -9,23 +10,37 @@ from typing import Any
 import torch
 
 from ...errors import ModelLoadError
-from ..checkpoint import load_strict, read_torch_checkpoint
+from ..checkpoint import changed_tensors, load_strict, read_torch_checkpoint, with_tensors, write_torch_checkpoint
+from ..info import ModelOrigin
 from ..progan import ProGANGenerator
 
 
-def _renamed_old_keys(sd: dict[str, Any]) -> dict[str, Any]:
-    """The old `features.{n-1}.*` / `output.*` layout renamed to `layer{n}.*` / `output_{R}x{R}.*`."""
-    n_layers = len([k for k in sd if re.fullmatch(r"features\.\d+\.conv\.weight", k)])
+def progan_key(key: str, n_layers: int) -> str:
+    """Our key for a state-dict key of either layout: the old `features.{n-1}.*` / `output.*` names become
+    `layer{n}.*` / `output_{R}x{R}.*` (R from the number of conv layers); current names are ours. Used by
+    the loader (file -> ours) and the writer (ours -> file, which keeps the file's names)."""
     res = 4 * 2 ** ((n_layers - 2) // 2)
-    out = {}
-    for key, value in sd.items():
-        if m := re.fullmatch(r"features\.(\d+)\.(.*)", key):
-            out[f"layer{int(m.group(1)) + 1}.{m.group(2)}"] = value
-        elif key.startswith("output."):
-            out[f"output_{res}x{res}." + key[len("output."):]] = value
-        else:
-            out[key] = value
-    return out
+    if m := re.fullmatch(r"features\.(\d+)\.(.*)", key):
+        return f"layer{int(m.group(1)) + 1}.{m.group(2)}"
+    if key.startswith("output."):
+        return f"output_{res}x{res}." + key[len("output."):]
+    return key
+
+
+def _key_names(sd: dict[str, Any]) -> dict[str, str]:
+    """File key -> our key (`progan_key`), counting the layers of the old layout when it is used."""
+    old = "features.0.conv.weight" in sd
+    n_layers = len([k for k in sd if re.fullmatch(r"features\.\d+\.conv\.weight", k)]) if old else 0
+    return {key: progan_key(key, n_layers) if old else key for key in sd}
+
+
+def _unwrapped(ckpt: Any, source: str) -> dict[str, Any]:
+    """The state dict, unwrapped from {'state_dict': ...} if wrapped."""
+    if isinstance(ckpt, dict) and "state_dict" in ckpt and isinstance(ckpt["state_dict"], dict):
+        ckpt = ckpt["state_dict"]
+    if not isinstance(ckpt, dict):
+        raise ModelLoadError(f"{source} holds a {type(ckpt).__name__}, not a ProGAN state dict")
+    return ckpt
 
 
 def sizes_from_state_dict(sd: dict[str, Any]) -> list[int]:
@@ -42,12 +57,8 @@ def sizes_from_state_dict(sd: dict[str, Any]) -> list[int]:
 
 def progan_from_state_dict(sd: Any, source: str) -> ProGANGenerator:
     """A ProGANGenerator from a state dict (current or old key layout, optionally wrapped in {'state_dict': ...})."""
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict):
-        raise ModelLoadError(f"{source} holds a {type(sd).__name__}, not a ProGAN state dict")
-    if "features.0.conv.weight" in sd:
-        sd = _renamed_old_keys(sd)
+    sd = _unwrapped(sd, source)
+    sd = {ours: sd[key] for key, ours in _key_names(sd).items()}
     if "layer1.conv.weight" not in sd:
         hint = " (it looks like a StyleGAN2 checkpoint: use stylegan2:PATH)" if "g_ema" in sd or "style.1.weight" in sd else ""
         raise ModelLoadError(f"{source} has no layer1.conv.weight (keys {sorted(map(str, sd))[:8]}); not a ProGAN state dict{hint}")
@@ -56,7 +67,29 @@ def progan_from_state_dict(sd: Any, source: str) -> ProGANGenerator:
     return model.eval()
 
 
-def load_progan_checkpoint(path: str | Path) -> tuple[ProGANGenerator, str]:
-    """A ProGAN from a `.pth` state dict, read with weights_only=True, and a description of its source."""
+def load_progan_checkpoint(path: str | Path) -> tuple[ProGANGenerator, str, ModelOrigin]:
+    """A ProGAN from a `.pth` state dict, read with weights_only=True, a description of its source and its origin."""
     path = Path(path)
-    return progan_from_state_dict(read_torch_checkpoint(path), str(path)), f"ProGAN state dict {path.resolve()}"
+    return (progan_from_state_dict(read_torch_checkpoint(path), str(path)), f"ProGAN state dict {path.resolve()}",
+            ModelOrigin("progan", str(path.resolve())))
+
+
+def write_progan(source: Path, model: ProGANGenerator, out: Path, also_g: bool = False) -> list[str]:
+    """Write `model`'s weights into a copy of the ProGAN state dict `source`, at `out` (atomically): the same
+    wrapper, key layout (current or old), order and dtypes; only the tensors our model changed are replaced.
+    Returns the changed keys. `also_g` does not apply (the file holds one generator)."""
+    if also_g:
+        raise ModelLoadError("--also-g applies to checkpoints holding a training generator beside g_ema; a ProGAN state dict holds one")
+    ckpt = read_torch_checkpoint(source)
+    sd = _unwrapped(ckpt, str(source))
+    names = _key_names(sd)
+    ours = model.state_dict()
+    unknown = [key for key, name in names.items() if name not in ours]
+    if unknown:
+        raise ModelLoadError(f"{source}: keys {unknown[:5]} are not part of the loaded ProGAN; was the file replaced?")
+    changes = changed_tensors(sd, names, ours)
+    new = with_tensors(sd, changes)
+    if sd is not ckpt:
+        new = with_tensors(ckpt, {"state_dict": new})
+    write_torch_checkpoint(new, out, like=source)
+    return list(changes)

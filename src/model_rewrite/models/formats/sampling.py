@@ -29,6 +29,11 @@ def split_sampling_options(spec: str | Path) -> tuple[Path, dict[str, str]]:
     return Path(path), options
 
 
+def options_text(options: dict[str, str]) -> str:
+    """The inverse of the split: {"truncation_psi": "0.5"} -> "truncation_psi=0.5" (what follows the `?`)."""
+    return "&".join(f"{key}={value}" for key, value in options.items())
+
+
 def apply_sampling_options(model: StyleGAN2Generator, options: dict[str, str]) -> None:
     """Set the sampling settings named in `options` (string values, as parsed from a model name)."""
     try:
