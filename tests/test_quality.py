@@ -84,8 +84,9 @@ def test_a_zero_change_scores_no_fidelity_no_transfer_and_no_change(tmp_path):
     assert q.change.inside_change == 0.0 and q.change.outside_change == 0.0 and q.collateral == 0.0
     d = q.to_dict()
     assert d["heldout"] == 8 and d["inside_change"] == 0.0 and set(d["verdicts"]) == {
-        "paste_fidelity", "transfer", "locality", "collateral"}
-    assert len(q.lines()) == 4
+        "paste_fidelity", "transfer", "locality", "collateral", "goal_fidelity", "solve_fidelity"}
+    assert q.solve_fidelity == 0.0  # the unchanged image is no closer to the rendered goal than itself
+    assert len(q.lines()) == 6
 
 
 def test_erase_edits_have_no_preview_to_compare(tmp_path):

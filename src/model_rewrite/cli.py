@@ -1,4 +1,4 @@
-"""The `model-rewrite` command: layers, sample, stats, apply, suggest, search, export, serve."""
+"""The `model-rewrite` command: layers, sample, stats, apply, suggest, preview, search, export, serve."""
 
 from __future__ import annotations
 
@@ -212,6 +212,34 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_preview(args: argparse.Namespace) -> int:
+    import torch
+
+    from .masks import copy_placement, paste_patch
+    from .render import image_grid, save_png, to_uint8
+
+    rw = _rewriter(args)
+    spec, _ = _with_flags(*_load_edit_for(rw, Path(args.edit), args), args)
+    rw.check_edit(spec)
+    rendered = rw.render_goal(spec)
+    out = Path(args.out)
+    original = rw.sample([spec.paste.seed])[0]
+    row = [original]
+    if spec.copy is not None and not spec.update.erase:
+        copy_img = rw.sample([spec.copy.seed])[0]
+        copy_box, box = copy_placement(spec.copy.mask, spec.paste.mask)
+        painted = paste_patch(original, copy_img, spec.copy.mask, copy_box, box)
+        save_png(to_uint8(painted[None])[0], out / "painted.png")
+        row.append(painted)
+    save_png(to_uint8(rendered[None])[0], out / "rendered-goal.png")
+    row.append(rendered)
+    save_png(image_grid([to_uint8(torch.stack(row))], scale=args.scale), out / "preview.png")
+    what = "painted.png (the pixel composite), " if len(row) == 3 else ""
+    print(f"wrote {out}/{what}rendered-goal.png (the goal as layer {spec.layer} can draw it) and preview.png "
+          f"(paste image, {'painted, ' if len(row) == 3 else ''}rendered goal)")
+    return 0
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from .render import image_grid, overlay, save_png, to_uint8
     from .report import fire_regions
@@ -329,6 +357,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(p, StatsConfig, "statistics")
     _add_config_flags(p, RenderConfig, "report")
     p.set_defaults(func=cmd_suggest)
+
+    p = sub.add_parser("preview", help="the edit's goal as the model will draw it, beside the painted composite")
+    p.add_argument("edit", metavar="EDIT.json")
+    p.add_argument("--out", required=True, help="output folder (painted.png, rendered-goal.png, preview.png)")
+    p.add_argument("--scale", type=int, default=4, help="pixel scale of preview.png (default 4)")
+    common(p)
+    _add_config_flags(p, UpdateConfig, "update")
+    _add_config_flags(p, StatsConfig, "statistics")
+    p.set_defaults(func=cmd_preview)
 
     p = sub.add_parser("search", help="rank samples by an edit's context direction and show where it fires")
     p.add_argument("edit", metavar="EDIT.json")

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .errors import InvalidEdit
-from .hooks import get_module, replace_input, trace
+from .hooks import get_module, override_forward, replace_input, trace
 from .layers import LayerSpec
 from .masks import Box, bounding_box, copy_placement, paste_patch, resize_mask
 from .stats import rows_from_map
@@ -45,6 +45,16 @@ def observe(model: nn.Module, spec: LayerSpec, z: torch.Tensor) -> Observation:
         brec = stack.enter_context(trace(model, spec.name, stop=True))
         model(z)
     return Observation(brec.args, brec.kwargs, wrec.input, wrec.output, brec.output)
+
+
+def render_values(model: nn.Module, spec: LayerSpec, z: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """The image (1, 3, H, W) the generator draws for latent z (1, ...) when block `spec.name` outputs `values`
+    (1, C_out, Hv, Wv) instead of its own: the rest of the generator (later blocks, and for StyleGAN2 the
+    paste image's own styles, noise and skip connections) renders them. Used to show a goal as the model
+    will draw it."""
+    block = get_module(model, spec.name)
+    with torch.no_grad(), override_forward(block, lambda *_a, **_k: values):
+        return model(z)
 
 
 def context_keys(obs_masks: list[tuple[Observation, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:

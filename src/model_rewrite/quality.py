@@ -14,8 +14,14 @@ Definitions (images in [-1, 1]; L1 = mean absolute difference over a box's pixel
   held-out heat, as for the change report).
 - **locality**: mean change inside vs outside where the rule fires (`report.change_report`).
 - **collateral**: mean change over the quarter of the held-out images where the rule fires least.
+- **which gap** (on the paste image, inside the pasted box; both clamped to [0, 1]): *goal fidelity* (a), how
+  much of the painted preview this layer can express at all: the fidelity of the rendered goal (the goal
+  features drawn by the rest of the generator, `Rewriter.render_goal`) to the preview; *solve fidelity* (b),
+  how much of that reachable target the solve reached: the fidelity of the edited image to the rendered goal.
+  Low (a): the layer is the problem; high (a) but low (b): the solve is.
 
-Erase edits have no pixel preview: their fidelity and transfer are None.
+Erase edits have no pixel preview: their fidelity, transfer and goal fidelity are None (their solve fidelity
+is measured in the paste mask's box).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 
 from .config import RenderConfig
-from .masks import Box, box_center, copy_placement, paste_box, paste_patch
+from .masks import Box, bounding_box, box_center, copy_placement, paste_box, paste_patch
 from .report import ChangeReport, measure_edit
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -42,6 +48,10 @@ TRANSFER_VERDICTS = ((0.3, "the rule carries over to held-out images where the c
 LOCALITY_VERDICTS = ((3.0, "changes stay where the rule fires"),
                      (1.5, "changes spill somewhat beyond where the rule fires"),
                      (None, "changes spread over the whole image"))
+GOAL_VERDICTS = ((0.5, "this layer can draw most of what you painted"),
+                 (None, "this layer cannot draw what you painted: try another layer"))
+SOLVE_VERDICTS = ((0.5, "the solve reached most of the goal this layer can draw"),
+                  (None, "the solve fell short of a reachable goal: more steps or rank"))
 COLLATERAL_VERDICTS = ((0.02, "images without the context barely change"),  # at most this
                        (0.05, "images without the context change a little"),
                        (None, "images without the context change visibly"))
@@ -59,6 +69,8 @@ class QualityReport:
     transfer: float | None  # None for erase edits, or when the rule fires on no held-out image
     change: ChangeReport  # locality: inside vs outside change
     collateral: float
+    goal_fidelity: float | None = None  # (a) rendered goal vs painted preview
+    solve_fidelity: float | None = None  # (b) edited result vs rendered goal
     verdicts: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -79,7 +91,9 @@ class QualityReport:
                 f"{self.verdicts['transfer']}",
                 f"locality {self.change.ratio:.1f}x (inside {self.change.inside_change:.3f}, outside "
                 f"{self.change.outside_change:.3f}): {self.verdicts['locality']}",
-                f"collateral {self.collateral:.3f}: {self.verdicts['collateral']}"]
+                f"collateral {self.collateral:.3f}: {self.verdicts['collateral']}",
+                f"goal fidelity {fmt(self.goal_fidelity)}: {self.verdicts['goal_fidelity']}",
+                f"solve fidelity {fmt(self.solve_fidelity)}: {self.verdicts['solve_fidelity']}"]
 
 
 def verdict(value: float | None, table: tuple, higher_is_better: bool = True) -> str:
@@ -101,6 +115,10 @@ def fidelity(edited: torch.Tensor, original: torch.Tensor, preview: torch.Tensor
     return 1.0 - got / want if want > 1e-8 else (1.0 if got <= 1e-8 else 0.0)
 
 
+def clamp01(value: float) -> float:
+    return min(1.0, max(0.0, value))
+
+
 def _peak(heat: torch.Tensor, resolution: int) -> tuple[float, float]:
     """Pixel coordinates (y, x) of the centre of the key cell where `heat` (Hk, Wk) peaks."""
     hk, wk = heat.shape
@@ -117,7 +135,8 @@ def quality_report(rw: "Rewriter", entry_id: int, seeds: Sequence[int], config: 
     seeds = list(seeds)
     entry = next((e for e in rw.stack.entries if e.id == entry_id), None)
     spec = entry.spec if entry is not None else None
-    wanted = seeds + ([spec.copy.seed, spec.paste.seed] if spec is not None and spec.copy is not None else [])
+    wanted = seeds + ([spec.paste.seed] if spec is not None else []) + (
+        [spec.copy.seed] if spec is not None and spec.copy is not None else [])
     missing = [s for s in dict.fromkeys(wanted) if s not in originals]
     if missing and entry is not None:
         with rw.stack.without(entry_id):
@@ -131,14 +150,22 @@ def quality_report(rw: "Rewriter", entry_id: int, seeds: Sequence[int], config: 
     change = (m.after - m.before).abs().flatten(1).mean(1)  # (N,)
     quarter = max(1, len(peaks) // 4)
     collateral = float(change[torch.argsort(peaks)[:quarter]].mean())
-    paste_fid = transfer = None
-    if spec is not None and spec.copy is not None and not spec.update.erase:
-        copy_img, paste_orig = originals[spec.copy.seed], originals[spec.paste.seed]
-        paste_edit = rw.sample([spec.paste.seed])[0]
-        copy_mask, paste_mask = spec.copy.mask.cpu(), spec.paste.mask.cpu()
-        copy_box, box = copy_placement(copy_mask, paste_mask)
-        preview = paste_patch(paste_orig, copy_img, copy_mask, copy_box, box)
-        paste_fid = fidelity(paste_edit, paste_orig, preview, box)
+    paste_fid = transfer = goal_fid = solve_fid = None
+    copied = spec is not None and spec.copy is not None and not spec.update.erase
+    if spec is not None:
+        with rw.stack.without(entry_id):
+            rendered = rw.render_goal(spec)
+        paste_orig, paste_edit = originals[spec.paste.seed], rw.sample([spec.paste.seed])[0]
+        paste_mask = spec.paste.mask.cpu()
+        box = bounding_box(paste_mask, 1e-3)
+        if copied:
+            copy_img, copy_mask = originals[spec.copy.seed], spec.copy.mask.cpu()
+            copy_box, box = copy_placement(copy_mask, paste_mask)
+            preview = paste_patch(paste_orig, copy_img, copy_mask, copy_box, box)
+            paste_fid = fidelity(paste_edit, paste_orig, preview, box)
+            goal_fid = clamp01(fidelity(rendered, paste_orig, preview, box))
+        solve_fid = clamp01(fidelity(paste_edit, paste_orig, rendered, box))
+    if copied:
         paste_heat = rw.heat(m.report.layer, entry.delta.dirs, [spec.paste.seed], config.heat_direction)[0]
         py, px = _peak(paste_heat, res)
         cy, cx = box_center(box)
@@ -152,6 +179,7 @@ def quality_report(rw: "Rewriter", entry_id: int, seeds: Sequence[int], config: 
         transfer = sum(scores) / len(scores) if scores else None
     verdicts = {"paste_fidelity": verdict(paste_fid, FIDELITY_VERDICTS), "transfer": verdict(transfer, TRANSFER_VERDICTS),
                 "locality": verdict(m.report.change.ratio, LOCALITY_VERDICTS),
-                "collateral": verdict(collateral, COLLATERAL_VERDICTS, higher_is_better=False)}
+                "collateral": verdict(collateral, COLLATERAL_VERDICTS, higher_is_better=False),
+                "goal_fidelity": verdict(goal_fid, GOAL_VERDICTS), "solve_fidelity": verdict(solve_fid, SOLVE_VERDICTS)}
     return QualityReport(m.report.name, m.report.layer, tuple(seeds), int(fires.sum()), paste_fid, transfer,
-                         m.report.change, collateral, verdicts)
+                         m.report.change, collateral, goal_fid, solve_fid, verdicts)

@@ -15,7 +15,7 @@ from .config import KeyConfig, StatsConfig, UpdateConfig
 from .directions import key_directions
 from .edits import EditSpec, Selection
 from .errors import IncompatibleEdit, InvalidEdit, SolveError
-from .goals import Observation, context_keys, copy_paste_goal, erase_goal, erase_units, observe
+from .goals import Goal, Observation, context_keys, copy_paste_goal, erase_goal, erase_units, observe, render_values
 from .hooks import get_module
 from .latents import latents_from_seeds
 from .layers import LayerSpec, editable_layers, resolve_layer
@@ -170,23 +170,34 @@ class Rewriter:
             return self._directions(edit.layer, edit.context_or_paste, edit.keys, edit.stats, reference.context_rows)
         return self.directions(edit.layer, edit.context_or_paste, edit.keys, edit.stats)
 
+    def goal(self, edit: EditSpec) -> Goal:
+        """What the solve asks the edited layer to write on the paste image (our methods' goal): the copied
+        values composited at the paste location, or the erase target."""
+        self.check_edit(edit)
+        spec, cfg = self.spec(edit.layer), edit.update
+        paste_obs, paste_mask, paste_z = self._selection(spec, edit.paste, "paste")
+        if cfg.erase or edit.copy is None:
+            ctx = [self._selection(spec, s, f"context[{i}]")[:2] for i, s in enumerate(edit.context_or_paste)]
+            units = erase_units(ctx, self.stats(spec.name, edit.stats).moment, cfg.erase_units)
+            return erase_goal(self.model, spec, paste_z, paste_obs, paste_mask, units, cfg.tight_paste)
+        copy_obs, copy_mask, _ = self._selection(spec, edit.copy, "copy")
+        return copy_paste_goal(copy_obs, copy_mask, paste_obs, paste_mask, cfg.tight_paste)
+
+    def render_goal(self, edit: EditSpec) -> torch.Tensor:
+        """The goal drawn by the rest of the generator on the paste image (3, H, W), on the CPU: what the edit
+        can reach at its layer, to set beside the painted (pixel) composite."""
+        values = self.goal(edit).values
+        return render_values(self.model, self.spec(edit.layer), self.latents([edit.paste.seed]), values)[0].cpu()
+
     def solve(self, edit: EditSpec, on_step: StepCallback | None = None) -> SolveResult:
         """Solve an edit against the current model (W0 = the current weight of its layer)."""
         self.check_edit(edit)
         spec = self.spec(edit.layer)
-        cfg = edit.update
         dirs = self.edit_directions(edit)
-        paste_obs, paste_mask, paste_z = self._selection(spec, edit.paste, "paste")
-        if cfg.method == "reference":
+        if edit.update.method == "reference":
+            paste_obs, paste_mask, paste_z = self._selection(spec, edit.paste, "paste")
             return self._solve_reference(edit, spec, dirs, paste_obs, paste_mask, paste_z, on_step)
-        if cfg.erase or edit.copy is None:
-            ctx = [self._selection(spec, s, f"context[{i}]")[:2] for i, s in enumerate(edit.context_or_paste)]
-            units = erase_units(ctx, self.stats(spec.name, edit.stats).moment, cfg.erase_units)
-            goal = erase_goal(self.model, spec, paste_z, paste_obs, paste_mask, units, cfg.tight_paste)
-        else:
-            copy_obs, copy_mask, _ = self._selection(spec, edit.copy, "copy")
-            goal = copy_paste_goal(copy_obs, copy_mask, paste_obs, paste_mask, cfg.tight_paste)
-        return solve_update(self.model, spec, dirs, goal, cfg, on_step)
+        return solve_update(self.model, spec, dirs, self.goal(edit), edit.update, on_step)
 
     def _solve_reference(self, edit: EditSpec, spec: LayerSpec, dirs: torch.Tensor, paste_obs: Observation,
                          paste_mask: torch.Tensor, paste_z: torch.Tensor, on_step: StepCallback | None) -> SolveResult:
