@@ -104,8 +104,8 @@ class EditSession:
         self.rw = rewriter
         self.layers: list[LayerInfo] = rewriter.layers()
         names = [l.name for l in self.layers]
-        self.default_layer = layer if layer is not None else default_layer(self.layers, rewriter.info.resolution)
-        rewriter.spec(self.default_layer)  # LayerNotFound names the choices
+        # LayerNotFound names the choices; an alias (the authors' layer name) becomes ours
+        self.default_layer = rewriter.spec(layer).name if layer is not None else default_layer(self.layers, rewriter.info.resolution)
         self.layer_names = names
         self.edits_dir = Path(edits_dir)
         self.nonce = secrets.token_hex(4)

@@ -629,7 +629,7 @@ async function save() {
 async function showEdit(edit) {
   const d = app.draft;
   const mask = (s) => maskFromDataUrl(s.mask).then((m) => ({ seed: s.seed, mask: m }));
-  const [paste, copy, ...context] = await Promise.all([mask(edit.paste), edit.copy ? mask(edit.copy) : null, ...edit.context.map(mask)]);
+  const [paste, copy, ...context] = await Promise.all([edit.paste ? mask(edit.paste) : null, edit.copy ? mask(edit.copy) : null, ...edit.context.map(mask)]);
   d.paste = paste;
   d.copy = copy;
   d.context = new Map(context.map((s) => [s.seed, s.mask]));
@@ -645,7 +645,7 @@ async function showEdit(edit) {
   if (u.lr !== undefined) $("#lr").value = u.lr;
   $("#erase").checked = !!u.erase;
   $("#edit-name").value = edit.name || "";
-  const seeds = [...new Set([paste.seed, ...(copy ? [copy.seed] : []), ...context.map((s) => s.seed)])];
+  const seeds = [...new Set([...(paste ? [paste.seed] : []), ...(copy ? [copy.seed] : []), ...context.map((s) => s.seed)])];
   $("#seeds").value = seeds.join(",");
   app.page = 0;
   renderTray();
