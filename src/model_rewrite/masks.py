@@ -70,11 +70,15 @@ def mask_from_png_data_url(url: object, what: str) -> torch.Tensor:
 
 def fit_mask(mask: torch.Tensor, resolution: int, what: str) -> torch.Tensor:
     """A square mask of any size resized (area average) to `resolution` x `resolution`: masks painted at
-    another image size (the authors' are 256 or 1024 px) used on this model. Non-square masks are refused."""
+    another image size (the authors' are 256 or 1024 px) used on this model. Non-square masks are refused.
+    The result is rounded to 8 bits, as an edit file stores it, so that a converted request and the
+    request itself give the same edit."""
     h, w = mask.shape[-2:]
     if h != w:
         raise InvalidEdit(f"{what} mask is {w}x{h} pixels, not square; masks are painted on whole (square) images")
-    return mask if h == resolution else resize_mask(mask, resolution).clamp(0, 1)
+    if h == resolution:
+        return mask
+    return (resize_mask(mask, resolution).clamp(0, 1) * 255).round() / 255
 
 
 def mask_from_png(path: str | Path) -> torch.Tensor:
