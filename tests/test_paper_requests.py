@@ -333,3 +333,17 @@ def test_replay_paper_runs_the_four_experiments_at_the_papers_layers(sg2, tmp_pa
     (folder / "smile.json").unlink()
     err = one_line_error(capsys, ["replay-paper", *model, "--requests", str(folder), "--out", str(out)])
     assert "smile.json" in err and "davidbau/rewriting" in err
+
+
+def test_the_authors_noise_from_the_model_name(sg2):
+    path, sd = sg2
+    rw = Rewriter(f"stylegan2:{path}?truncation_psi=0.5&noise=paper", latents="paper")
+    model = rw.model
+    for block, res in (("b4", 4), ("b8", 8), ("b64", 64)):  # their NoiseInjectionF: RandomState(0).randn(1, H*W)
+        expected = np.random.RandomState(0).randn(1, res * res).astype("float32").reshape(res, res)
+        for conv in ("conv0", "conv1") if block != "b4" else ("conv1",):
+            np.testing.assert_array_equal(getattr(getattr(model, block), conv).noise_const.numpy(), expected)
+    assert model.noise_mode == "const" and model.truncation_psi == 0.5
+    assert not torch.equal(model.b8.conv0.noise_const, sd["noises.noise_1"].reshape(8, 8))  # not the checkpoint's
+    with pytest.raises(Exception, match="noise=paper"):
+        Rewriter(f"stylegan2:{path}?noise=checkpoint")
