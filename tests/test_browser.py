@@ -125,6 +125,17 @@ def test_paint_execute_toggle_undo_save_reload_load_export(page, server, tmp_pat
     paint(pg, PASTE_SEED, scribble(*paste_box))
     pg.wait_for_selector("#paste-box:not([hidden])")
     pg.wait_for_function("() => (document.querySelector('#paste-preview').src || '').startsWith('data:image/png')")
+    # beside the painted composite, the goal as the model draws it at the chosen layer; it follows the layer
+    pg.wait_for_function("() => (document.querySelector('#rendered-preview').src || '').startsWith('data:image/png')")
+    layer = pg.input_value("#layer")
+    assert pg.inner_text("#rendered-layer") == layer
+    drawn = pg.get_attribute("#rendered-preview", "src")
+    other = "b16" if layer != "b16" else "b32"
+    pg.select_option("#layer", other)
+    pg.wait_for_function(f"() => document.querySelector('#rendered-layer').textContent === '{other}'")
+    assert pg.get_attribute("#rendered-preview", "src") != drawn
+    pg.select_option("#layer", layer)
+    pg.wait_for_function(f"() => document.querySelector('#rendered-layer').textContent === '{layer}'")
     shot(pg, "02-copy-paste")
 
     # context: the same cheek on two images, each lands in the tray

@@ -10,7 +10,8 @@ from model_rewrite import Rewriter, Selection, UpdateConfig, save_edit
 from model_rewrite.cli import main
 from helpers import FACE_MODEL_REASON, box_mask, has_face_model
 
-SUBCOMMANDS = ["layers", "sample", "stats", "apply", "suggest", "search", "export", "serve"]
+SUBCOMMANDS = ["layers", "sample", "stats", "apply", "suggest", "preview", "search", "export", "serve", "convert",
+               "replay-paper"]
 
 
 @pytest.mark.parametrize("sub", SUBCOMMANDS)

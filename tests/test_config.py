@@ -60,7 +60,7 @@ def test_a_format_1_edit_reads_with_its_direction_settings_moved_to_keys(tmp_pat
     spec = EditSpec.from_dict(data)
     assert spec.keys == KeyConfig(rank=2, eig_floor=1e-4) and spec.update.steps == 7
     out = spec.to_dict()
-    assert out["version"] == EDIT_VERSION == 2 and out["keys"] == {"rank": 2, "eig_floor": 1e-4}
+    assert out["version"] == EDIT_VERSION == 3 and out["keys"] == {"rank": 2, "eig_floor": 1e-4}
     assert "rank" not in out["update"] and "eig_floor" not in out["update"]
     assert EditSpec.from_dict(out).to_dict() == out
     (tmp_path / "e.json").write_text(json.dumps(data))
@@ -69,5 +69,5 @@ def test_a_format_1_edit_reads_with_its_direction_settings_moved_to_keys(tmp_pat
 
 def test_unknown_versions_are_refused():
     data = json.loads((EXAMPLES / "add-glasses" / "edit.json").read_text())
-    with pytest.raises(Exception, match="version 3 is not supported"):
-        EditSpec.from_dict(dict(data, version=3))
+    with pytest.raises(Exception, match="version 4 is not supported"):
+        EditSpec.from_dict(dict(data, version=4))

@@ -80,7 +80,7 @@ def test_edit_on_another_model_or_layer_is_refused(rw, tmp_path):
         (lambda d: d["paste"].update(mask="not a url"), InvalidEdit, "PNG data URL"),
         (lambda d: d["paste"].update(mask="data:image/png;base64,AAAA"), InvalidEdit, "not a readable image"),
         (lambda d: d["paste"].update(seed=-1), InvalidEdit, "non-negative"),
-        (lambda d: d.pop("paste"), InvalidEdit, "paste"),
+        (lambda d: (d.pop("paste"), d.update(context=[])), InvalidEdit, "paste"),  # with a context: a search request
     ],
 )
 def test_malformed_edit_files_give_clear_errors(rw, tmp_path, mutate, error, match):
@@ -126,13 +126,13 @@ def test_nan_result_is_refused_and_nothing_saved_is_overwritten(rw, tmp_path):
 
 def test_paper_request_format_is_accepted_with_model_and_layer(rw):
     m = data_url_from_mask(box_mask(32, 10, 20, 10, 20))
-    req = {"key": [[3, m], [4, m]], "object": [[1, m]], "paste": [[3, m]]}
+    req = {"key": [[3, m], [4, m]], "object": [1, m], "paste": [3, m]}  # the authors' format: one pair each, keys a list
     spec = edit_from_paper_request(req, model=rw.info.model_id, fingerprint=rw.info.fingerprint, layer="b16")
     assert [s.seed for s in spec.context] == [3, 4] and spec.copy.seed == 1 and not spec.update.erase
-    erase = edit_from_paper_request({"key": [[3, m]], "paste": [[3, m]]}, model="tiny", fingerprint=rw.info.fingerprint, layer="b16")
+    erase = edit_from_paper_request({"key": [[3, m]], "paste": [3, m]}, model="tiny", fingerprint=rw.info.fingerprint, layer="b16")
     assert erase.update.erase and erase.copy is None
-    with pytest.raises(InvalidEdit, match="unknown key"):
-        edit_from_paper_request({"paste": [[3, m]], "bogus": 1}, model="tiny", fingerprint="x", layer="b16")
+    with pytest.raises(InvalidEdit, match="unknown field"):
+        edit_from_paper_request({"paste": [3, m], "bogus": 1}, model="tiny", fingerprint="x", layer="b16")
     with pytest.raises(InvalidEdit, match="paper's request format"):
         EditSpec.from_dict(req)
 

@@ -24,7 +24,7 @@ with warnings.catch_warnings():  # starlette's notice about httpx versions
 from helpers import box_mask, image_from_png, live_server
 
 from model_rewrite import Rewriter
-from model_rewrite.edits import load_edit
+from model_rewrite.edits import Selection, load_edit
 from model_rewrite.errors import InvalidEdit, SolveError
 from model_rewrite.masks import data_url_from_mask
 from model_rewrite.render import to_uint8
@@ -688,3 +688,18 @@ def test_suggest_runs_as_a_job_and_leaves_the_model_as_it_was(client, session):
     assert [e["id"] for e in history["entries"]] == [1] and history["undone"] == []
     after = gallery_pngs(client, "0-3")
     assert all(np.array_equal(before[s], after[s]) for s in before)
+
+
+def test_the_preview_renders_the_goal_at_the_chosen_layer(client, session):
+    body = {"copy": sel(0, COPY), "paste": sel(1, PASTE)}
+    plain = client.post("/api/preview", json=body).json()
+    assert plain["rendered"] is None
+    shown = {}
+    for layer in ("b8", "b16"):
+        out = client.post("/api/preview", json={**body, "layer": layer}).json()
+        shown[layer] = image_from_png(base64.b64decode(out["rendered"].split(",", 1)[1]))
+        spec = session.rw.new_edit(layer, paste=Selection(1, PASTE), copy=Selection(0, COPY))
+        want = ((session.rw.render_goal(spec).clamp(-1, 1) + 1) * 127.5).round().permute(1, 2, 0).numpy()
+        assert np.abs(shown[layer].astype(np.float32) - want).max() <= 1.0  # the library's rendering, as a PNG
+    assert not np.array_equal(shown["b8"], shown["b16"])  # it follows the layer
+    assert client.post("/api/preview", json={**body, "layer": "nope"}).status_code == 400

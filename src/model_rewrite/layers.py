@@ -79,16 +79,31 @@ def editable_layers(model: nn.Module) -> list[LayerSpec]:
     return specs
 
 
+def layer_aliases(model: nn.Module) -> dict[str, str]:
+    """Other names of a model's editable layers (alias -> our name), from the model's own `layer_aliases()`
+    where it has one (StyleGAN2: the original authors' numbering, "layer8" -> "b32.conv1"); else none."""
+    own = getattr(model, "layer_aliases", None)
+    return dict(own()) if callable(own) else {}
+
+
 def resolve_layer(model: nn.Module, layer: str | LayerSpec) -> LayerSpec:
-    """The LayerSpec named `layer`, with a clear error listing the choices if there is none."""
+    """The LayerSpec named `layer` (our name or an alias), with a clear error listing the choices if there
+    is none, or the model's own explanation of that name (`why_not_editable(name)`, where it has one)."""
     if isinstance(layer, LayerSpec):
         return layer
+    layer = layer_aliases(model).get(layer, layer)
     specs = editable_layers(model)
     for spec in specs:
         if spec.name == layer:
             get_module(model, spec.weight_module)
             return spec
+    why = getattr(model, "why_not_editable", None)
+    reason = why(layer) if callable(why) else None
+    if reason:
+        raise LayerNotFound(reason)
+    aliases = list(layer_aliases(model))
+    also = f" or one of their aliases {aliases}" if aliases else ""
     raise LayerNotFound(
-        f"layer {layer!r} is not editable in this model; choose one of {[s.name for s in specs]}"
+        f"layer {layer!r} is not editable in this model; choose one of {[s.name for s in specs]}{also}"
         " (see `model-rewrite layers`)"
     )

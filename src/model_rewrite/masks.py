@@ -50,6 +50,39 @@ def mask_from_data_url(url: str) -> torch.Tensor:
     return mask_from_image(img)
 
 
+def mask_from_png_data_url(url: object, what: str) -> torch.Tensor:
+    """A soft mask (H, W) from a data URL that must hold a PNG (`data:image/png;base64,...`), as the
+    original authors' request files do; InvalidEdit naming `what` otherwise."""
+    if not isinstance(url, str) or not url.startswith("data:image/png;base64,"):
+        got = f"{url[:30]!r}..." if isinstance(url, str) else type(url).__name__
+        raise InvalidEdit(f"{what} mask must be a PNG data URL ('data:image/png;base64,...'), got {got}")
+    from PIL import Image
+
+    try:
+        fmt = Image.open(io.BytesIO(base64.b64decode(url.split(";base64,", 1)[1], validate=True))).format
+    except (binascii.Error, OSError, ValueError) as exc:
+        raise InvalidEdit(f"{what} mask is not a readable image: {exc}") from None
+    if fmt != "PNG":
+        raise InvalidEdit(f"{what} mask is a {fmt} image labelled as PNG; save the mask as a PNG")
+    try:
+        return mask_from_data_url(url)
+    except InvalidEdit as exc:
+        raise InvalidEdit(f"{what}: {exc}") from None
+
+
+def fit_mask(mask: torch.Tensor, resolution: int, what: str) -> torch.Tensor:
+    """A square mask of any size resized (area average) to `resolution` x `resolution`: masks painted at
+    another image size (the authors' are 256 or 1024 px) used on this model. Non-square masks are refused.
+    The result is rounded to 8 bits, as an edit file stores it, so that a converted request and the
+    request itself give the same edit."""
+    h, w = mask.shape[-2:]
+    if h != w:
+        raise InvalidEdit(f"{what} mask is {w}x{h} pixels, not square; masks are painted on whole (square) images")
+    if h == resolution:
+        return mask
+    return (resize_mask(mask, resolution).clamp(0, 1) * 255).round() / 255
+
+
 def mask_from_png(path: str | Path) -> torch.Tensor:
     """A soft mask from a PNG file (alpha if present, else luminance)."""
     from PIL import Image

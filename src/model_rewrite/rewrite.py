@@ -3,7 +3,7 @@ context directions, solves, edit stack and samples. The steps themselves live in
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -17,8 +17,8 @@ from .edits import EditSpec, Selection
 from .errors import IncompatibleEdit, InvalidEdit, SolveError
 from .goals import Goal, Observation, context_keys, copy_paste_goal, erase_goal, erase_units, observe, render_values
 from .hooks import get_module
-from .latents import latents_from_seeds
-from .layers import LayerSpec, editable_layers, resolve_layer
+from .latents import check_latent_scheme, latents_for
+from .layers import LayerSpec, editable_layers, layer_aliases, resolve_layer
 from .masks import check_mask
 from .models import ModelInfo, load_generator, model_info
 from .render import generate
@@ -42,6 +42,7 @@ class LayerInfo:
     value_shape: tuple[int, ...]  # (C_out, Hv, Wv) of one image
     key_resolution: int  # Hk
     resolution: int  # Hv
+    alias: str = ""  # the original authors' name for it, where they had one (StyleGAN2: "layer8")
 
 
 class Rewriter:
@@ -49,10 +50,14 @@ class Rewriter:
 
     Construction loads the model and nothing else; statistics are computed on first use of a
     layer (or by `stats()`) and cached on disk by model fingerprint, layer and StatsConfig.
+    `latents` says how image numbers become latents: "seeds" (ours) or "paper" (the original
+    authors' numbering, so their request files' image numbers show the same images); it is the
+    attribute `latent_scheme`, which edits must match.
     """
 
     def __init__(self, model: str | nn.Module = "faces", *, device: str = "cpu", cache_dir: str | Path | None = None,
-                 info: ModelInfo | None = None) -> None:
+                 info: ModelInfo | None = None, latents: str = "seeds") -> None:
+        self.latent_scheme = check_latent_scheme(latents)
         if isinstance(model, nn.Module):
             self.model = model.to(device).eval()
             self.info = info or model_info(self.model, "custom", "in memory")
@@ -69,21 +74,23 @@ class Rewriter:
     def layers(self) -> list[LayerInfo]:
         """The editable layers with their kind, key size, value shape and resolutions."""
         z = self.latents([0])
+        aliases = {name: alias for alias, name in layer_aliases(self.model).items()}
         out = []
         for spec in editable_layers(self.model):
             obs = observe(self.model, spec, z)
             wmod = get_module(self.model, spec.weight_module)
             k, v = obs.keys, obs.values
             out.append(LayerInfo(spec.name, type(wmod).__name__, int(k.shape[1]), tuple(v.shape[1:]),
-                                 int(k.shape[2]) if k.dim() > 2 else 1, int(v.shape[2]) if v.dim() > 2 else 1))
+                                 int(k.shape[2]) if k.dim() > 2 else 1, int(v.shape[2]) if v.dim() > 2 else 1,
+                                 aliases.get(spec.name, "")))
         return out
 
     def spec(self, layer: str | LayerSpec) -> LayerSpec:
         return resolve_layer(self.model, layer)
 
     def latents(self, seeds: Sequence[int]) -> torch.Tensor:
-        """Latents (N, ...) of the images named by `seeds`."""
-        return latents_from_seeds(seeds, self.info.latent_shape).to(self.device)
+        """Latents (N, ...) of the images named by `seeds`, in this Rewriter's latent scheme."""
+        return latents_for(self.latent_scheme, seeds, self.info.latent_shape).to(self.device)
 
     def sample(self, seeds: Sequence[int]) -> torch.Tensor:
         """Images (N, 3, H, W) in [-1, 1] from the current (possibly edited) model."""
@@ -129,21 +136,27 @@ class Rewriter:
 
     def check_edit(self, edit: EditSpec) -> EditSpec:
         """The one check that an edit fits this model: made for it (by fingerprint), an editable
-        layer, masks at the image size. IncompatibleEdit / InvalidEdit name the loaded model."""
+        layer, masks at the image size, image numbers in this Rewriter's latent scheme.
+        IncompatibleEdit / InvalidEdit name the loaded model. Returns the edit, with its layer under our
+        name if it was given by an alias."""
         if edit.fingerprint != self.info.fingerprint:
             raise IncompatibleEdit(
                 f"edit {edit.name or '(unnamed)'} was made for model {edit.model!r} with fingerprint "
                 f"{edit.fingerprint}, but the loaded model {self.info.model_id!r} has fingerprint "
                 f"{self.info.fingerprint}; load the model the edit was made for (--model {edit.model})")
         names = [s.name for s in editable_layers(self.model)]
-        if edit.layer not in names:
+        canonical = layer_aliases(self.model).get(edit.layer, edit.layer)
+        if canonical not in names:
             raise IncompatibleEdit(f"edit layer {edit.layer!r} is not an editable layer of model "
                                    f"{self.info.model_id!r} ({names})")
-        check_mask(edit.paste.mask, self.info.resolution, "paste")
-        if edit.copy is not None:
-            check_mask(edit.copy.mask, self.info.resolution, "copy")
-        for i, sel in enumerate(edit.context):
-            check_mask(sel.mask, self.info.resolution, f"context[{i}]")
+        if canonical != edit.layer:
+            edit = replace(edit, layer=canonical)  # an alias (the authors' layer name): edits store ours
+        if edit.latents != self.latent_scheme:
+            raise IncompatibleEdit(f"edit {edit.name or '(unnamed)'} numbers its images with the {edit.latents!r} "
+                                   f"latents but this model is loaded with {self.latent_scheme!r}; pass "
+                                   f"--latents {edit.latents} (API: Rewriter(..., latents={edit.latents!r}))")
+        for role, sel in edit.selections:
+            check_mask(sel.mask, self.info.resolution, role)
         return edit
 
     def directions(self, layer: str, context: Sequence[Selection], keys: KeyConfig = KeyConfig(),
@@ -189,9 +202,17 @@ class Rewriter:
         values = self.goal(edit).values
         return render_values(self.model, self.spec(edit.layer), self.latents([edit.paste.seed]), values)[0].cpu()
 
+    def search_directions(self, edit: EditSpec) -> torch.Tensor:
+        """The directions `search` ranks images by: the edit's query region if it has one (the authors'
+        "Match Sel"), else its context; with the edit's KeyConfig and StatsConfig either way."""
+        return self.directions(edit.layer, edit.search_selections, edit.keys, edit.stats)
+
     def solve(self, edit: EditSpec, on_step: StepCallback | None = None) -> SolveResult:
         """Solve an edit against the current model (W0 = the current weight of its layer)."""
-        self.check_edit(edit)
+        edit = self.check_edit(edit)
+        if edit.paste is None:
+            raise InvalidEdit(f"edit {edit.name or '(unnamed)'} has no paste selection: it is a search request "
+                              "(context and/or query only), which ranks images (`model-rewrite search`) but cannot be applied")
         spec = self.spec(edit.layer)
         dirs = self.edit_directions(edit)
         if edit.update.method == "reference":
@@ -215,7 +236,7 @@ class Rewriter:
 
     def apply(self, edit: EditSpec, delta: LowRankDelta | None = None, on_step: StepCallback | None = None) -> StackEntry:
         """Solve the edit (unless its delta is given) and push it on the edit stack."""
-        self.check_edit(edit)
+        edit = self.check_edit(edit)
         if delta is None:
             result = self.solve(edit, on_step)
             if result.cancelled:
@@ -238,10 +259,11 @@ class Rewriter:
         keys = key_maps(self.model, spec, self.latents(seeds))
         return heat_maps(keys, dirs.to(keys.device, torch.float32), which).cpu()
 
-    def new_edit(self, layer: str, paste: Selection, copy: Selection | None = None, context: Sequence[Selection] = (),
+    def new_edit(self, layer: str, paste: Selection | None, copy: Selection | None = None, context: Sequence[Selection] = (),
                  update: UpdateConfig = UpdateConfig(), stats: StatsConfig = StatsConfig(), name: str = "",
-                 keys: KeyConfig = KeyConfig()) -> EditSpec:
-        """An EditSpec for this model (id and fingerprint filled in)."""
-        return EditSpec(self.info.model_id, self.info.fingerprint, layer, paste, copy, tuple(context), update, stats,
-                        name, keys=keys)
+                 keys: KeyConfig = KeyConfig(), query: Selection | None = None) -> EditSpec:
+        """An EditSpec for this model (id, fingerprint and latent scheme filled in; `layer` may be an alias,
+        the edit stores the layer's own name)."""
+        return EditSpec(self.info.model_id, self.info.fingerprint, self.spec(layer).name, paste, copy, tuple(context),
+                        update, stats, name, keys=keys, query=query, latents=self.latent_scheme)
 

@@ -231,6 +231,19 @@ class StyleGAN2Generator(nn.Module):
         """Every StyledConv; the key is s * x (the input of `<layer>.conv`), the value the layer output."""
         return [LayerSpec(name=f"{b}.{c}", weight_module=f"{b}.{c}.conv", key_axis=1) for b, c in self.conv_names()]
 
+    def layer_aliases(self) -> dict[str, str]:
+        """The original authors' layer names (their SeqStyleGAN2 numbering) -> ours: `layer2` is the 4x4 conv
+        (rosinality `conv1`, our `b4.conv1`), then one number per styled conv in forward order (rosinality
+        `convs.N` is `layer{N+3}`: `layer3` = `b8.conv0`, `layer8` = `b32.conv1`, `layer10` = `b64.conv1`)."""
+        return {f"layer{i + 2}": f"{b}.{c}" for i, (b, c) in enumerate(self.conv_names())}
+
+    def why_not_editable(self, name: str) -> str | None:
+        """Why `name` is no editable layer, where that needs more than the list of names: `layer1`."""
+        if name == "layer1":
+            return ("layer1 is not editable: in the authors' StyleGAN2 numbering it is the constant 4x4 input, which "
+                    "has no weight to rewrite; the first editable layer is layer2 (b4.conv1)")
+        return None
+
     def architecture(self) -> dict[str, Any]:
         """Constructor arguments (JSON-ready), stored in exported files so they can be rebuilt.
         The sampling settings are buffers and travel with the weights."""

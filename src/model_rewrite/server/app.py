@@ -98,7 +98,7 @@ def _spec_from_input(session: EditSession, edit: S.EditIn) -> EditSpec:
     """The EditSpec the page describes, parsed by the same code that reads edit files."""
     data = edit.model_dump(by_alias=True)
     data.update(format=EDIT_FORMAT, version=EDIT_VERSION, model=session.rw.info.model_id,
-                fingerprint=session.rw.info.fingerprint)
+                fingerprint=session.rw.info.fingerprint, latents=session.rw.latent_scheme)
     spec = session.check_edit(EditSpec.from_dict(data))
     if spec.copy is None and not spec.update.erase:  # files may omit copy (erase); the page must say so
         raise InvalidEdit("paint a copy region, or turn on erase mode to remove what the context shows")
@@ -185,7 +185,8 @@ def create_app(session: EditSession) -> FastAPI:
     @app.post("/api/preview", response_model=S.PreviewOut)
     def preview(body: S.PreviewIn) -> S.PreviewOut:
         """What the copy region takes, and the composite at the paste location with its box."""
-        out = session.preview(_selection(body.copy_, "copy"), _selection(body.paste, "paste") if body.paste else None)
+        out = session.preview(_selection(body.copy_, "copy"), _selection(body.paste, "paste") if body.paste else None,
+                              body.layer)
         return S.PreviewOut(**out)
 
     @app.post("/api/search", response_model=S.SearchOut)
@@ -325,14 +326,15 @@ def _display_host(host: str) -> str:
 
 
 def serve(model: str, layer: str | None, host: str = "127.0.0.1", port: int = 0, cache_dir: str | None = None,
-          device: str = "cpu", *, edits_dir: str | Path | None = None) -> None:
+          device: str = "cpu", *, edits_dir: str | Path | None = None, latents: str = "seeds") -> None:
     """Load `model`, bind `host:port` (0 picks a free port), print the page's URL and serve until stopped.
 
-    Saved edits go to `edits_dir` (default ./edits).
+    Saved edits go to `edits_dir` (default ./edits); `latents` is how image numbers become latents
+    ("seeds" or "paper", the original authors' numbering).
     """
     import uvicorn
 
-    session = EditSession(Rewriter(model, device=device, cache_dir=cache_dir), layer=layer,
+    session = EditSession(Rewriter(model, device=device, cache_dir=cache_dir, latents=latents), layer=layer,
                           edits_dir=edits_dir if edits_dir is not None else Path.cwd() / "edits")
     app = create_app(session)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -81,6 +81,7 @@ class MatchesIn(ContextIn):
 class PreviewIn(_Strict):
     copy_: SelectionIn = Field(alias="copy")
     paste: SelectionIn | None = None
+    layer: str | None = None  # with a paste: also render the goal as the model will draw it at this layer
 
 
 class SaveIn(_Strict):
@@ -220,8 +221,9 @@ class PreviewOut(BaseModel):
 
     copy_: str = Field(alias="copy")  # PNG data URL of the copied pixels (RGBA, cropped to the mask's box)
     copy_box: list[int]  # (y0, y1, x0, x1) in image pixels
-    composite: str | None  # PNG data URL of the paste image with the copy composited
+    composite: str | None  # PNG data URL of the paste image with the copy composited (what was painted)
     paste_box: list[int] | None
+    rendered: str | None = None  # PNG data URL of the goal drawn by the rest of the generator (with `layer`)
 
 
 class Match(BaseModel):

@@ -17,6 +17,7 @@ from ..config import KeyConfig, StatsConfig
 from ..edits import EditSpec, Selection
 from ..errors import InvalidEdit
 from ..masks import check_mask
+from ..render import data_url, png_bytes, to_uint8
 from ..rewrite import LayerInfo, Rewriter
 from ..stack import StackEntry
 from ..update import LowRankDelta
@@ -48,8 +49,8 @@ class EditSession:
         self.rw = rewriter
         self.layers: list[LayerInfo] = rewriter.layers()
         self.layer_names = [l.name for l in self.layers]
-        self.default_layer = layer if layer is not None else default_layer(self.layers, rewriter.info.resolution)
-        rewriter.spec(self.default_layer)  # LayerNotFound names the choices
+        # LayerNotFound names the choices; an alias (the authors' layer name) becomes ours
+        self.default_layer = rewriter.spec(layer).name if layer is not None else default_layer(self.layers, rewriter.info.resolution)
         self.nonce = secrets.token_hex(4)
         self.report_seeds = tuple(report_seeds)
         self.lock = ModelLock()
@@ -103,15 +104,22 @@ class EditSession:
         self.rw.spec(spec.layer)  # LayerNotFound (400) names the choices
         return self.rw.check_edit(spec)
 
-    def preview(self, copy: Selection, paste: Selection | None) -> dict[str, Any]:
-        """What the copy takes (RGBA crop) and, with a paste, the pixel composite and its box."""
+    def preview(self, copy: Selection, paste: Selection | None, layer: str | None = None) -> dict[str, Any]:
+        """What the copy takes (RGBA crop) and, with a paste, the pixel composite and its box; with a layer too,
+        the goal as the model will draw it there (`Rewriter.render_goal`, on the current weights)."""
         copy = self.check_selection(copy, "copy")
         if paste is None:
             _, (copy_image,) = self.render([copy.seed])
             return copy_preview(copy_image, copy.mask)
         paste = self.check_selection(paste, "paste")
         _, (copy_image, paste_image) = self.render([copy.seed, paste.seed])
-        return copy_preview(copy_image, copy.mask, paste_image, paste.mask)
+        out = copy_preview(copy_image, copy.mask, paste_image, paste.mask)
+        if layer is not None:
+            spec = self.rw.new_edit(self.rw.spec(layer).name, paste=paste, copy=copy)
+            with self.lock.held():
+                rendered = self.rw.render_goal(spec)
+            out["rendered"] = data_url(png_bytes(to_uint8(rendered[None])[0]))
+        return out
 
     def search(self, layer: str, context: Sequence[Selection], keys: KeyConfig, stats: StatsConfig, seeds: Sequence[int],
                top_k: int) -> tuple[str, list[tuple[int, float]]]:

@@ -1,13 +1,17 @@
-"""The sampling options a StyleGAN2 model name may carry: `PATH?truncation_psi=0.5&noise_mode=const`."""
+"""The sampling options a StyleGAN2 model name may carry: `PATH?truncation_psi=0.5&noise_mode=const`, and
+`noise=paper`, the fixed noise the original authors' StyleGAN2 wrapper added (docs/paper.md)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from ...errors import ModelLoadError
 from ..stylegan2 import StyleGAN2Generator
 
-SAMPLING_OPTIONS = ("truncation_psi", "truncation_cutoff", "noise_mode")
+SAMPLING_OPTIONS = ("truncation_psi", "truncation_cutoff", "noise_mode", "noise")
 
 
 def split_sampling_options(spec: str | Path) -> tuple[Path, dict[str, str]]:
@@ -46,3 +50,19 @@ def apply_sampling_options(model: StyleGAN2Generator, options: dict[str, str]) -
             model.noise_mode = options["noise_mode"]
     except ValueError as exc:
         raise ModelLoadError(f"bad model option: {exc}") from None
+    if "noise" in options:
+        if options["noise"] != "paper":
+            raise ModelLoadError(f"bad model option noise={options['noise']!r}: the one choice is noise=paper (the "
+                                 "authors' fixed noise); the checkpoint's own noise is noise_mode=const")
+        use_paper_noise(model)
+
+
+def use_paper_noise(model: StyleGAN2Generator) -> None:
+    """Make the fixed noise (`noise_mode="const"`) the noise the authors' SeqStyleGAN2 added to one image: at
+    every styled conv with an H x W output, the first H*W values of `numpy.random.RandomState(0).randn`
+    (their `NoiseInjectionF`, which ignores the model's noise buffers). Sets `noise_mode` to "const"."""
+    with torch.no_grad():
+        for layer in model.conv_layers():
+            res = layer.noise_const.shape[-1]
+            layer.noise_const.copy_(torch.from_numpy(np.random.RandomState(0).randn(res * res).astype("float32")).view(res, res))
+    model.noise_mode = "const"

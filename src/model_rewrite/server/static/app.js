@@ -239,11 +239,12 @@ async function updatePreview() {
   if (!d.copy) {
     $("#copy-preview").removeAttribute("src");
     $("#paste-preview").removeAttribute("src");
+    $("#rendered-preview").removeAttribute("src");
     $("#paste-box").hidden = true;
     return;
   }
   const body = { copy: selectionJson(d.copy) };
-  if (d.paste) body.paste = selectionJson(d.paste);
+  if (d.paste) Object.assign(body, { paste: selectionJson(d.paste), layer: $("#layer").value });
   const out = await guarded(() => api("POST", "/api/preview", body));
   if (!out || seq !== previewSeq) return;
   $("#copy-preview").src = out.copy;
@@ -258,6 +259,9 @@ async function updatePreview() {
     $("#paste-preview").removeAttribute("src");
     $("#paste-box").hidden = true;
   }
+  // what the edit can reach: the goal features drawn by the layers after the chosen one
+  if (out.rendered) $("#rendered-preview").src = out.rendered; else $("#rendered-preview").removeAttribute("src");
+  $("#rendered-layer").textContent = out.rendered ? body.layer : "";
 }
 
 function thumb(seed, mask, url) {
@@ -698,7 +702,7 @@ async function save() {
 async function showEdit(edit) {
   const d = app.draft;
   const mask = (s) => maskFromDataUrl(s.mask).then((m) => ({ seed: s.seed, mask: m }));
-  const [paste, copy, ...context] = await Promise.all([mask(edit.paste), edit.copy ? mask(edit.copy) : null, ...edit.context.map(mask)]);
+  const [paste, copy, ...context] = await Promise.all([edit.paste ? mask(edit.paste) : null, edit.copy ? mask(edit.copy) : null, ...edit.context.map(mask)]);
   d.paste = paste;
   d.copy = copy;
   d.context = new Map(context.map((s) => [s.seed, s.mask]));
@@ -714,7 +718,7 @@ async function showEdit(edit) {
   if (u.lr !== undefined) $("#lr").value = u.lr;
   $("#erase").checked = !!u.erase;
   $("#edit-name").value = edit.name || "";
-  const seeds = [...new Set([paste.seed, ...(copy ? [copy.seed] : []), ...context.map((s) => s.seed)])];
+  const seeds = [...new Set([...(paste ? [paste.seed] : []), ...(copy ? [copy.seed] : []), ...context.map((s) => s.seed)])];
   $("#seeds").value = seeds.join(",");
   app.page = 0;
   renderTray();
@@ -778,7 +782,7 @@ async function init() {
   $("#quantile").value = info.fire_quantile;
   $("#quantile-out").textContent = Number(info.fire_quantile).toFixed(3);
 
-  sel.addEventListener("change", () => { describeLayer(); if ($("#show-matches").checked) showMatches(); });
+  sel.addEventListener("change", () => { describeLayer(); updatePreview(); if ($("#show-matches").checked) showMatches(); });
   $$("input[name=tool]").forEach((r) => r.addEventListener("change", () => { app.tool = r.value; document.body.dataset.tool = r.value; }));
   document.body.dataset.tool = app.tool;
   $("#brush").addEventListener("input", () => { $("#brush-out").textContent = $("#brush").value; });

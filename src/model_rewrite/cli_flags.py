@@ -1,0 +1,105 @@
+"""The command line's shared flags: the common ones (--model, --layer, --latents, seeds...), one flag per
+config dataclass field, and reading them back into a Rewriter, seeds, configs and edits."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Any, Sequence
+
+from .config import KeyConfig, StatsConfig, UpdateConfig
+from .errors import RewriteError
+from .latents import LATENT_SCHEMES
+
+
+def add_common(p: argparse.ArgumentParser, layer: bool = True, seeds: bool = False, samples: int = 16,
+               latents: bool = True) -> None:
+    """The flags most commands share: model, layer, latents, device, cache, quiet and (to render) seeds."""
+    p.add_argument("--model", default="faces", help="'faces' (default), 'tiny', or a checkpoint path")
+    if layer:
+        p.add_argument("--layer", default=None, help="layer name, as listed by `model-rewrite layers` (ours or an alias "
+                                                     "such as the authors' StyleGAN2 'layer8')")
+    if latents:
+        p.add_argument("--latents", choices=LATENT_SCHEMES, default=None,
+                       help="how image numbers become latents: 'seeds' (ours, the default) or 'paper' (the original "
+                            "authors' numbering, so their request files show the same images); edit files say which")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--cache-dir", default=None, help="statistics cache (default $MODEL_REWRITE_CACHE or ~/.cache/model-rewrite)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    if seeds:
+        p.add_argument("--seed", type=int, default=1000, help="first seed of the images to render (default 1000)")
+        p.add_argument("--samples", type=int, default=samples, help=f"number of images (default {samples})")
+        p.add_argument("--seeds", default=None, help="seeds as ranges and lists, e.g. '0-15' or '3,7,20-29' "
+                                                     "(instead of --seed/--samples)")
+        p.add_argument("--scale", type=int, default=2, help="pixel scale of written grids (default 2)")
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str) -> None:
+    """One flag per field of the config dataclass `cls` (`--num-samples` for `num_samples`), default None."""
+    group = parser.add_argument_group(title, f"override {cls.__name__} fields (default: the edit's or the built-in value)")
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        want = hints[f.name]
+        if want is bool:
+            group.add_argument(flag, dest=f"{cls.__name__}.{f.name}", action=argparse.BooleanOptionalAction, default=None,
+                               help=f"(default {f.default})")
+        else:
+            group.add_argument(flag, dest=f"{cls.__name__}.{f.name}", type=want, default=None, metavar=want.__name__.upper(),
+                               help=f"(default {f.default})")
+
+
+def config_from_flags(args: argparse.Namespace, cls: type, base: Any = None) -> Any:
+    """`base` (default: `cls()`) with the fields given on the command line replaced."""
+    base = base if base is not None else cls()
+    changes = {f.name: getattr(args, f"{cls.__name__}.{f.name}", None) for f in dataclasses.fields(cls)}
+    return dataclasses.replace(base, **{k: v for k, v in changes.items() if v is not None})
+
+
+def seeds_from_args(args: argparse.Namespace) -> list[int]:
+    """The image numbers named by --seeds, or by --seed and --samples."""
+    from .latents import MAX_SEED, parse_seeds
+
+    if getattr(args, "seeds", None):
+        return parse_seeds(args.seeds)
+    if args.samples < 1:
+        raise RewriteError("--samples must be at least 1")
+    if args.seed < 0 or args.seed + args.samples - 1 > MAX_SEED:
+        raise RewriteError(f"--seed and --samples must name seeds from 0 to {MAX_SEED}")
+    return list(range(args.seed, args.seed + args.samples))
+
+
+def rewriter_from_args(args: argparse.Namespace):
+    """The Rewriter the flags describe (latents: --latents, else ours; `adopt_latents` may change it)."""
+    from .rewrite import Rewriter
+
+    return Rewriter(args.model, device=args.device, cache_dir=args.cache_dir, latents=getattr(args, "latents", None) or "seeds")
+
+
+def load_edit_for(rw: Any, path: Path, args: argparse.Namespace):
+    """An EditSpec (and saved factors) from our format, or from the authors' request format with --layer
+    (an alias is stored under our name; masks are resized to the model's image size)."""
+    from .paper_format import read_edit_or_request
+
+    layer = rw.spec(args.layer).name if getattr(args, "layer", None) else None
+    return read_edit_or_request(path, model=rw.info.model_id, fingerprint=rw.info.fingerprint, layer=layer,
+                                resolution=rw.info.resolution, latents=rw.latent_scheme)
+
+
+def adopt_latents(rw: Any, specs: Sequence[Any], args: argparse.Namespace) -> None:
+    """Without --latents, use the latent scheme the edits were made with (when they agree), so that an edit
+    file written with `--latents paper` re-applies without the flag."""
+    schemes = {spec.latents for spec in specs}
+    if getattr(args, "latents", None) is None and len(schemes) == 1:
+        rw.latent_scheme = schemes.pop()
+
+
+def with_flags(spec: Any, delta: Any, args: argparse.Namespace) -> tuple[Any, Any]:
+    """The edit with the command line's config overrides; its saved factors only while nothing changed."""
+    changed = {name: config_from_flags(args, cls, getattr(spec, name))
+               for name, cls in (("keys", KeyConfig), ("update", UpdateConfig), ("stats", StatsConfig))}
+    if any(cfg != getattr(spec, name) for name, cfg in changed.items()) or getattr(args, "resolve", False):
+        return dataclasses.replace(spec, **changed), None
+    return spec, delta
