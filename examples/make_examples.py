@@ -58,6 +58,22 @@ EXAMPLES = {
         update=UpdateConfig(),
         note="Copy the thick glasses of seed 35 onto the eyes of seed 1; the context is the eyes of three faces without glasses.",
     ),
+    "add-mustache": dict(
+        layer="b32",
+        context=[(1, [(47.5, 32, 2, 8)]), (17, [(48, 27, 2, 7)]), (27, [(48.5, 32, 2, 6)])],
+        copy=(41, [(46, 33, 2.5, 11)]),
+        paste=(1, [(47.5, 32, 2.5, 10)]),
+        update=UpdateConfig(),
+        note="Copy the dark mustache of seed 41 onto the upper lip of seed 1; the context is the bare upper lips of three faces.",
+    ),
+    "open-smile": dict(
+        layer="b32",
+        context=[(1, [(50.5, 32, 2, 8)]), (3, [(49, 33, 2, 6)])],
+        copy=(0, [(51.5, 31, 3, 11)]),
+        paste=(1, [(50.5, 32, 3, 9)]),
+        update=UpdateConfig(),
+        note="Copy the open smile with teeth of seed 0 onto the closed mouth of seed 1; the context is the closed mouths of two faces.",
+    ),
     "remove-glasses": dict(
         layer="b32",
         context=[(35, [(33, 32, 7, 20)]), (31, [(31, 30, 6, 20)]), (53, [(33, 32, 6, 20)])],

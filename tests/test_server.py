@@ -145,7 +145,7 @@ def test_page_and_static_files_are_served(client):
 
 ENDPOINTS = {
     ("GET", "/"), ("GET", "/api/info"), ("GET", "/api/gallery"), ("GET", "/api/images/{state}/{seed}.png"),
-    ("POST", "/api/preview"), ("POST", "/api/search"), ("POST", "/api/matches"), ("POST", "/api/execute"),
+    ("POST", "/api/preview"), ("POST", "/api/suggest"), ("POST", "/api/search"), ("POST", "/api/matches"), ("POST", "/api/execute"),
     ("GET", "/api/job"), ("POST", "/api/job/cancel"), ("GET", "/api/history"), ("POST", "/api/history/undo"),
     ("POST", "/api/history/redo"), ("POST", "/api/history/revert"), ("DELETE", "/api/history/{entry_id}"),
     ("GET", "/api/edits"), ("POST", "/api/edits"), ("POST", "/api/edits/import"), ("GET", "/api/edits/{name}"),
