@@ -25,6 +25,9 @@ from world import CLASSES, colour_labels
 from world_metrics import fast_labels, mode_filter, spearman
 
 
+WORKS = 0.01  # a best configuration below this success rewrites nothing: a hit or miss against it is vacuous
+
+
 # --- analysis ---------------------------------------------------------------------------------------
 def _configs(results: dict, edit: str) -> list[dict]:
     meta = results["meta"]
@@ -40,7 +43,7 @@ def suggest_hit(configs: list[dict], pick: dict, key: str, bound: float) -> dict
     chosen = next(r for r in configs if (r["layer"], r["rank"]) == (pick["layer"], pick["rank"]))
     in_pool = chosen in pool
     place = 1 + sum(r[key] > chosen[key] for r in pool) if in_pool else None
-    return {"hit": bool(in_pool and chosen[key] >= best[key]), "best": {"layer": best["layer"], "rank": best["rank"],
+    return {"hit": bool(in_pool and chosen[key] >= best[key]), "vacuous": bool(best[key] < WORKS), "best": {"layer": best["layer"], "rank": best["rank"],
             key: best[key], "label_collateral": best["label_collateral"]},
             "pick": {"layer": chosen["layer"], "rank": chosen["rank"], key: chosen[key],
                      "label_collateral": chosen["label_collateral"]},
@@ -85,8 +88,12 @@ def analyse(results: dict) -> dict:
         out["suggest"][edit]["score_vs_success_spearman"] = {
             "spearman": spearman(np.array([a for a, _ in paired]), np.array([b for _, b in paired])), "n": len(paired)}
     for key in ("success@bound", "success@median", "object_success@bound", "object_success@median"):
-        hits = [v[key]["hit"] for v in out["suggest"].values()]
-        out[f"suggest_hits_{key}"] = f"{sum(hits)}/{len(hits)}"
+        rows = [v[key] for v in out["suggest"].values()]
+        real = [h for h in rows if not h["vacuous"]]
+        out[f"suggest_hits_{key}"] = (f"{sum(h['hit'] for h in real)}/{len(real)}"
+                                      + (f" (+{len(rows) - len(real)} where no configuration under the bound reaches "
+                                         f"{WORKS} success: {sum(h['hit'] for h in rows if h['vacuous'])} of them hit)"
+                                         if len(real) < len(rows) else ""))
     front = [v["pareto"]["on_front"] for v in out["suggest"].values()]
     out["suggest_on_pareto_front"] = f"{sum(front)}/{len(front)}"
     layer_runs = [r for r in results["runs"] if r["quality"] is not None and r["method"] != "suggest"]
@@ -163,9 +170,9 @@ def markdown(results: dict) -> str:
         dom = ", ".join(f"{d['layer']} r{d['rank']}" for d in s["pareto"]["dominated_by"]) or "none"
         lines.append(f"### {edit}\n\nPicked {h['pick']['layer']} r{h['pick']['rank']} (success {_f(h['pick']['success'])}, "
                      f"label collateral {_f(h['pick']['label_collateral'], 4)}). Under label collateral <= {h['bound']}: place "
-                     f"{h['pick_place']} of {h['acceptable'] or 'all (none under the bound)'} acceptable, best "
+                     f"{h['pick_place'] or '- (over the bound)'} of {h['acceptable'] or 'all (none under the bound)'} acceptable, best "
                      f"{h['best']['layer']} r{h['best']['rank']} (success {_f(h['best']['success'])}); under the median "
-                     f"({_f(m['bound'], 4)}): place {m['pick_place']} of {m['acceptable']}, best {m['best']['layer']} "
+                     f"({_f(m['bound'], 4)}): place {m['pick_place'] or '- (over the bound)'} of {m['acceptable']}, best {m['best']['layer']} "
                      f"r{m['best']['rank']} (success {_f(m['best']['success'])}); configurations better on both success and "
                      f"collateral: {dom}; suggest score "
                      f"vs exact success over the configurations: Spearman {_f(s['score_vs_success_spearman']['spearman'], 2)} "
@@ -239,7 +246,8 @@ def _plot(results: dict, out: Path) -> None:
     pf = corr["paste_fidelity_vs_success_on_paste_image"]
     axes[1].set(xlabel="quality report: paste fidelity", ylabel="exact success on the paste image",
                 title=f"Spearman {_f(pf['spearman'], 2)} (n = {pf['n']})")
-    handles = [plt.Line2D([], [], ls="", marker="o", color=f"C{i}", label=e) for i, e in enumerate(edits)]
+    handles = [plt.Line2D([], [], ls="", marker="o", color=f"C{i}", label=e) for i, e in enumerate(edits)
+               if any(r["edit"] == e for r in pts)]  # erase edits have no transfer
     handles += [plt.Line2D([], [], ls="", marker=m, color="grey", label=f"layer {layer}") for layer, m in lmark.items() if layer != "-"]
     for ax in axes:
         ax.grid(alpha=0.3)
@@ -290,3 +298,14 @@ def write_outputs(results: dict, examples: dict[tuple[str, str], dict[str, np.nd
             shown[f"{who}: labels, filtered"] = colour_labels(mode_filter(fast_labels(images), len(CLASSES)))
         _labelled_grid(shown, f"{edit}: the object rule on held-out examples (default solve at each configuration)",
                        out / f"objects_{edit}.png")
+
+
+if __name__ == "__main__":  # re-render results.md and the plots of a finished run from its results.json
+    import sys
+
+    folder = Path(sys.argv[1])
+    res = json.loads((folder / "results.json").read_text())
+    res["analysis"] = analyse(res)
+    (folder / "results.json").write_text(json.dumps(res, indent=1))
+    (folder / "results.md").write_text(markdown(res))
+    _plot(res, folder)
