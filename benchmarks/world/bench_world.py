@@ -7,13 +7,18 @@ world's nearest-colour labeller:
 2. `erase_windows`: windows are removed, leaving plain wall (the erase variant);
 3. `roof_to_dome`: pointed roofs become domes.
 
-For every method and edit, over held-out seeds:
+Every method runs at every layer of a sweep (default b8, b16, b32); fine-tuning all weights (no layer) and
+`suggest` (which picks the layer and rank itself) run once per edit. Over held-out seeds:
 - success = fraction of the context class's pixels in the unedited image that carry the target label in the
   edited image (pooled over all pixels of all images);
+- object success = fraction of the context objects (world_metrics: components of the mode-filtered labels)
+  of which more than half the pixels carry the target label after the edit (mode filtered too);
 - label collateral = fraction of the pixels outside the context (dilated by `--dilate` pixels) whose label changed;
-- pixel collateral = mean absolute change (0..255 levels) of those pixels.
+- pixel collateral = mean absolute change (0..255 levels) of those pixels;
+- the library's quality report (transfer, paste fidelity) on the first `--quality-seeds` held-out seeds, to
+  check it against the exact figures (world_report.analyse).
 
-    nice -n 10 python benchmarks/world/bench_world.py                        # the full run (README table)
+    nice -n 10 python benchmarks/world/bench_world.py --seeds 500            # the sweep (README tables)
     python benchmarks/world/bench_world.py --seeds 16 --steps-scale 0.01 --out /tmp/w   # a smoke run
 """
 
@@ -21,36 +26,42 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import platform
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
+from model_rewrite import reference
 from model_rewrite.config import KeyConfig, StatsConfig, UpdateConfig
 from model_rewrite.directions import key_directions
+from model_rewrite.edits import EditSpec, Selection
+from model_rewrite.goals import context_keys, copy_paste_goal, erase_goal, erase_units, observe
 from model_rewrite.hooks import call_with_weight, get_module
 from model_rewrite.masks import check_mask
-from model_rewrite.render import generate, image_grid, save_png, to_uint8
-from model_rewrite.edits import Selection
-from model_rewrite.goals import context_keys, copy_paste_goal, erase_goal, erase_units, observe
+from model_rewrite.quality import quality_report
+from model_rewrite.render import generate, to_uint8
 from model_rewrite.rewrite import Rewriter
 from model_rewrite.solve import solve_update
-from model_rewrite.update import LowRankDelta
-from world import CLASS_INDEX, CLASSES, colour_labels, label_fractions, labels_from_image, rule_statistics, scenes_from_seeds
+from model_rewrite.update import LowRankDelta, factor_from_delta
+from world import CLASS_INDEX, CLASSES, colour_labels, label_fractions, rule_statistics, scenes_from_seeds
+from world_metrics import (MIN_OBJECT_PIXELS, MODE_SIZE, OBJECT_HIT_FRACTION, bbox, dilate, fast_labels, largest_component,
+                           mode_filter, object_success, objects)
+from world_report import analyse, outline, write_outputs
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 DEFAULT_MODEL = HERE / "world_gan.safetensors"
 DEFAULT_DISC = HERE / "world_disc.safetensors"
 EVAL_SEED0 = 100_000  # held-out evaluation images are seeds EVAL_SEED0 .. EVAL_SEED0 + seeds - 1
+SUGGEST_SEED0 = 200_000  # suggest scores its candidates on seeds SUGGEST_SEED0 .. SUGGEST_SEED0 + suggest_seeds - 1
 POOL_SEED0 = 0  # context, copy and paste examples are picked from seeds POOL_SEED0 .. POOL_SEED0 + pool - 1
 
 
@@ -71,50 +82,6 @@ TASKS = (
 
 
 # --- masks from label maps --------------------------------------------------------------------------
-def dilate(mask: np.ndarray, r: int) -> np.ndarray:
-    """Binary dilation of (..., H, W) by a (2r+1)^2 square."""
-    out = mask.copy()
-    for _ in range(r):
-        m = out.copy()
-        m[..., 1:, :] |= out[..., :-1, :]
-        m[..., :-1, :] |= out[..., 1:, :]
-        m[..., :, 1:] |= m[..., :, :-1]
-        m[..., :, :-1] |= m[..., :, 1:]
-        out = m
-    return out
-
-
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest 4-connected component of a (H, W) bool mask."""
-    seen = np.zeros_like(mask)
-    best: list[tuple[int, int]] = []
-    h, w = mask.shape
-    for y0, x0 in zip(*np.nonzero(mask)):
-        if seen[y0, x0]:
-            continue
-        comp, stack = [], [(y0, x0)]
-        seen[y0, x0] = True
-        while stack:
-            y, x = stack.pop()
-            comp.append((y, x))
-            for yy, xx in ((y + 1, x), (y - 1, x), (y, x + 1), (y, x - 1)):
-                if 0 <= yy < h and 0 <= xx < w and mask[yy, xx] and not seen[yy, xx]:
-                    seen[yy, xx] = True
-                    stack.append((yy, xx))
-        if len(comp) > len(best):
-            best = comp
-    out = np.zeros_like(mask)
-    if best:
-        ys, xs = zip(*best)
-        out[list(ys), list(xs)] = True
-    return out
-
-
-def bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
-    ys, xs = np.nonzero(mask)
-    return int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
-
-
 def copy_and_paste_boxes(copy_comp: np.ndarray, paste_comp: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Rectangular copy and paste masks (H, W) float of one size, bottoms aligned on their objects.
 
@@ -299,10 +266,82 @@ def finetune_all(model: nn.Module, z: torch.Tensor, prep: Prepared, steps: int, 
     return g
 
 
+def full_rank_delta(rw: Rewriter, layer: str, dense: torch.Tensor, d: torch.Tensor) -> LowRankDelta:
+    """A dense weight change written exactly in an orthonormal basis of the whole key space whose first row is
+    the context direction `d`, so the edit stack can hold it and the quality report's heat (direction 0) is
+    the same context direction the low-rank edits use."""
+    spec = rw.spec(layer)
+    c_in = dense.shape[spec.key_axis]
+    d64 = d.detach().to(torch.float64).reshape(-1)
+    q, _ = torch.linalg.qr(torch.cat([d64[None], torch.eye(c_in, dtype=torch.float64)]).T)  # (C_in, C_in)
+    if float(q[:, 0] @ d64) < 0:
+        q[:, 0] = -q[:, 0]
+    basis = q.T.to(dense.dtype).contiguous()
+    return LowRankDelta(spec.param_path, spec.key_axis, factor_from_delta(dense, basis, spec.key_axis), basis)
+
+
+def rank_method(rank: int) -> str:
+    """The name of our default solve at `rank` (one of the (layer, rank) configurations `suggest` chooses from)."""
+    return "ours_rank1_default" if rank == 1 else f"ours_rank{rank}"
+
+
+def layer_methods(args: argparse.Namespace) -> dict[str, dict]:
+    """The methods run at every layer of the sweep."""
+    s = args.steps_scale
+    default_steps, long_steps = max(1, round(UpdateConfig().steps * s)), max(1, round(2000 * s))
+    methods: dict[str, dict] = {"ours_rank1_closed_form": {"cfg": UpdateConfig(method="closed_form")}}
+    for r in args.ranks:
+        methods[rank_method(r)] = {"cfg": UpdateConfig(steps=default_steps), "keys": KeyConfig(rank=r)}
+    methods["reference_authors"] = {"cfg": UpdateConfig(method="reference")}
+    methods["ablation_identity_cov"] = {"cfg": UpdateConfig(steps=default_steps), "identity": True}
+    methods["finetune_layer_full_rank"] = {"cfg": UpdateConfig(steps=long_steps, lr=args.layer_lr, preserve=0.0), "full": True}
+    return methods
+
+
+def solve_method(rw: Rewriter, layer: str, prep: Prepared, m: dict, cov: torch.Tensor, stats_cfg: StatsConfig,
+                 name: str) -> tuple[LowRankDelta, EditSpec]:
+    """One layer method's weight change for `prep` at `layer`, and the edit it answers (its masks and configs)."""
+    cfg = m["cfg"] if prep.task.copy else replace(m["cfg"], erase=True)
+    edit = rw.new_edit(layer, prep.paste, prep.copy, prep.context, update=cfg, stats=stats_cfg, name=name,
+                       keys=m.get("keys", KeyConfig()))
+    if m.get("full"):
+        dense = finetune_layer(rw, layer, prep, cfg, cov)
+        return full_rank_delta(rw, layer, dense, rw.directions(layer, prep.context, KeyConfig(), stats_cfg)[0]), edit
+    if m.get("identity"):
+        spec, dirs, goal = build_goal(rw, layer, prep, cfg, torch.eye(cov.shape[0], dtype=cov.dtype))
+        return solve_update(rw.model, spec, dirs, goal, cfg).delta, edit
+    return rw.solve(edit).delta, edit
+
+
+@contextmanager
+def reference_steps(scale: float) -> Iterator[int]:
+    """The reference method's step count (`model_rewrite.reference.REFERENCE_STEPS`) scaled for small runs."""
+    old = reference.REFERENCE_STEPS
+    reference.REFERENCE_STEPS = max(1, round(old * scale))
+    try:
+        yield reference.REFERENCE_STEPS
+    finally:
+        reference.REFERENCE_STEPS = old
+
+
 # --- evaluation -------------------------------------------------------------------------------------
-def measure(before: np.ndarray, after: np.ndarray, task: EditTask, dilation: int) -> dict[str, float]:
-    """Success and collateral of one edit over images before/after (N, H, W, 3) uint8."""
-    lab0, lab1 = labels_from_image(before), labels_from_image(after)
+@dataclass
+class Truth:
+    """Unedited images read once for one edit: labels, mode-filtered labels and the context objects."""
+
+    labels: np.ndarray  # (N, H, W)
+    objects: np.ndarray  # (N, H, W) object ids of the context class (world_metrics.objects), 0 elsewhere
+
+
+def read_truth(before: np.ndarray, task: EditTask) -> Truth:
+    labels = fast_labels(before)
+    return Truth(labels, objects(mode_filter(labels, len(CLASSES)), CLASS_INDEX[task.context]))
+
+
+def measure(before: np.ndarray, after: np.ndarray, task: EditTask, dilation: int, truth: Truth | None = None) -> dict[str, float]:
+    """Success (pixel and object level) and collateral of one edit over images before/after (N, H, W, 3) uint8."""
+    truth = truth if truth is not None else read_truth(before, task)
+    lab0, lab1 = truth.labels, fast_labels(after)
     ctx = lab0 == CLASS_INDEX[task.context]
     other = ~dilate(ctx, dilation)
     hit = ctx & (lab1 == CLASS_INDEX[task.target])
@@ -312,8 +351,11 @@ def measure(before: np.ndarray, after: np.ndarray, task: EditTask, dilation: int
     sib_target = task.target if task.sibling != task.target else task.context  # roof_to_dome: do domes stay domes?
     sib_changed = (lab1 != lab0) if task.sibling == task.target else (lab1 == CLASS_INDEX[sib_target])
     per_image = [float(hit[i].sum() / ctx[i].sum()) for i in range(len(ctx)) if ctx[i].sum() > 0]
+    obj, n_obj = object_success(truth.objects, mode_filter(lab1, len(CLASSES)), CLASS_INDEX[task.target])
     return {
         "success": float(hit.sum() / n_ctx) if n_ctx else float("nan"),
+        "object_success": obj,
+        "objects": n_obj,
         "success_per_image_mean": float(np.mean(per_image)) if per_image else float("nan"),
         "images_with_context": len(per_image),
         "context_pixels": n_ctx,
@@ -333,201 +375,196 @@ def _git_commit() -> str:
         return "unknown"
 
 
+QUALITY_KEYS = ("transfer", "paste_fidelity", "collateral", "fires_on")
+
+
+@dataclass
+class Scene:
+    """What every run of one edit is measured on."""
+
+    task: EditTask
+    z_eval: torch.Tensor
+    z_paste: torch.Tensor
+    before: np.ndarray
+    paste_before: np.ndarray
+    truth: Truth
+    paste_truth: Truth
+    quality_seeds: list[int]
+    originals: dict  # unedited images by seed, shared by every quality report
+
+
+def evaluate(rw: Rewriter, scene: Scene, args: argparse.Namespace, delta: LowRankDelta | None = None,
+             edit: EditSpec | None = None, model: nn.Module | None = None) -> tuple[dict, np.ndarray]:
+    """Measure a layer edit (`delta`, pushed with `edit` for the quality report, then removed) or a whole
+    fine-tuned `model`; returns the metrics and the edited held-out images."""
+    q = None
+    if delta is not None:
+        entry = rw.stack.push(delta, edit.name if edit else "", edit)
+        try:
+            after, paste_after = to_uint8(generate(rw.model, scene.z_eval)), to_uint8(generate(rw.model, scene.z_paste))
+            if scene.quality_seeds:
+                rep = quality_report(rw, entry.id, scene.quality_seeds, originals=scene.originals)
+                q = {k: getattr(rep, k) for k in QUALITY_KEYS} | {"locality": rep.change.ratio, "heldout": rep.heldout}
+        finally:
+            rw.stack.remove(entry.id)
+    else:
+        after, paste_after = to_uint8(generate(model, scene.z_eval)), to_uint8(generate(model, scene.z_paste))
+    r = measure(scene.before, after, scene.task, args.dilate, scene.truth)
+    p = measure(scene.paste_before, paste_after, scene.task, args.dilate, scene.paste_truth)
+    r["success_on_paste_image"], r["object_success_on_paste_image"] = p["success"], p["object_success"]
+    if q is not None:  # exact success on the images the quality report saw
+        n = len(scene.quality_seeds)
+        sub = Truth(scene.truth.labels[:n], scene.truth.objects[:n])
+        r["success_on_quality_seeds"] = measure(scene.before[:n], after[:n], scene.task, args.dilate, sub)["success"]
+    r["quality"] = q
+    return r, after
+
+
 def run(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     t_all = time.perf_counter()
     rw = Rewriter(str(args.model), cache_dir=args.out / ".cache")
-    layer = args.layer
     stats_cfg = StatsConfig(num_samples=args.stats_samples)
-    t0 = time.perf_counter()
-    cov = rw.stats(layer, stats_cfg).moment
-    stats_s = time.perf_counter() - t0
-    pool_seeds = list(range(POOL_SEED0, POOL_SEED0 + args.pool))
-    pool_images = to_uint8(rw.sample(pool_seeds))
-    pool_labels = labels_from_image(pool_images)
+    covs, stats_s = {}, {}
+    for layer in args.layers:
+        t0 = time.perf_counter()
+        covs[layer] = rw.stats(layer, stats_cfg).moment
+        stats_s[layer] = round(time.perf_counter() - t0, 2)
+    pool_images = to_uint8(rw.sample(list(range(POOL_SEED0, POOL_SEED0 + args.pool))))
+    pool_labels = fast_labels(pool_images)
     eval_seeds = list(range(EVAL_SEED0, EVAL_SEED0 + args.seeds))
+    suggest_seeds = list(range(SUGGEST_SEED0, SUGGEST_SEED0 + args.suggest_seeds))
     z_eval = rw.latents(eval_seeds)
     before = to_uint8(generate(rw.model, z_eval))
     feat = _Features(args.disc)
     world_images, world_labels = scenes_from_seeds(range(1_000_000, 1_000_000 + args.seeds))
-    gen_labels = labels_from_image(before)
-    rules = {"labeller_accuracy_on_held_out_scenes": float((labels_from_image(world_images) == world_labels).mean()),
+    gen_labels = fast_labels(before)
+    rules = {"labeller_accuracy_on_held_out_scenes": float((fast_labels(world_images) == world_labels).mean()),
              "training_world": rule_statistics(world_labels), "generator_samples": rule_statistics(gen_labels),
              "class_fractions": {c: [round(float(a), 5), round(float(b), 5)] for c, a, b in
                                  zip(CLASSES, label_fractions(world_labels), label_fractions(gen_labels))}}
     s = args.steps_scale
-    ref_steps, default_steps = max(1, round(2000 * s)), max(1, round(UpdateConfig().steps * s))
-    methods: dict[str, dict] = {
-        "ours_rank1_closed_form": {"cfg": UpdateConfig(method="closed_form")},
-        "ours_rank1_default": {"cfg": UpdateConfig(steps=default_steps)},
-        "ours_rank1_reference": {"cfg": UpdateConfig(steps=ref_steps, lr=0.05, preserve=0.0)},
-        f"ours_rank{args.rank}": {"cfg": UpdateConfig(steps=default_steps), "keys": KeyConfig(rank=args.rank)},
-        "ablation_identity_cov": {"cfg": UpdateConfig(steps=default_steps), "identity": True},
-        "finetune_layer_full_rank": {"cfg": UpdateConfig(steps=ref_steps, lr=args.layer_lr, preserve=0.0), "full": True},
-        "finetune_all_weights": {"all": True},
-    }
+    methods = layer_methods(args)
+    all_steps = max(1, round(args.all_steps * s))
     results: dict = {"meta": {
         "model": str(args.model.relative_to(ROOT) if args.model.is_relative_to(ROOT) else args.model),
-        "fingerprint": rw.info.fingerprint, "layer": layer, "eval_seeds": [eval_seeds[0], eval_seeds[-1]],
-        "n_eval": len(eval_seeds), "n_context": args.contexts, "rank_r": args.rank, "dilate_px": args.dilate,
-        "stats_samples": args.stats_samples, "stats_seconds": round(stats_s, 2), "steps_scale": s,
-        "finetune_all": {"steps": max(1, round(args.all_steps * s)), "lr": args.all_lr, "feature_weight": args.feat_weight,
-                         "features": feat.kind},
+        "fingerprint": rw.info.fingerprint, "layers": list(args.layers), "ranks": list(args.ranks),
+        "eval_seeds": [eval_seeds[0], eval_seeds[-1]], "n_eval": len(eval_seeds), "n_context": args.contexts,
+        "quality_seeds": [eval_seeds[0], eval_seeds[min(args.quality_seeds, len(eval_seeds)) - 1]] if args.quality_seeds else None,
+        "suggest_seeds": [suggest_seeds[0], suggest_seeds[-1]], "dilate_px": args.dilate,
+        "object_rule": {"mode_filter": MODE_SIZE, "min_object_pixels": MIN_OBJECT_PIXELS, "hit_fraction": OBJECT_HIT_FRACTION},
+        "collateral_bound": args.collateral_bound, "stats_samples": args.stats_samples, "stats_seconds": stats_s,
+        "steps_scale": s, "finetune_all": {"steps": all_steps, "lr": args.all_lr, "feature_weight": args.feat_weight,
+                                           "features": feat.kind},
         "finetune_layer_lr": args.layer_lr, "commit": _git_commit(), "torch": torch.__version__,
         "threads": torch.get_num_threads(), "machine": platform.machine(),
-        "configs": {k: ({**v.get("keys", KeyConfig()).__dict__, **v["cfg"].__dict__} if "cfg" in v else None)
-                    for k, v in methods.items()},
-    }, "rules": rules, "edits": {}}
-    examples: dict[str, dict[str, np.ndarray]] = {}
-    for task in TASKS:
-        prep = prepare(rw, task, pool_labels, pool_images, args.contexts, args.min_context_pixels)
-        z_paste = rw.latents([prep.paste.seed])
-        paste_before = to_uint8(generate(rw.model, z_paste))
-        res_task = {"_selection": {"paste_seed": prep.paste.seed, "copy_seed": prep.copy.seed if prep.copy else None,
-                                   "context_seeds": [c.seed for c in prep.context]},
-                    "unedited": measure(before, before, task, args.dilate) | {"seconds": 0.0}}
-        ctx_count = (labels_from_image(before) == CLASS_INDEX[task.context]).reshape(len(before), -1).sum(1)
-        show = [int(i) for i in np.argsort(-ctx_count, kind="stable")[: args.examples]]
-        shown = {"unedited": before[show]}
-        for name, m in methods.items():
+        "rank_methods": {str(r): rank_method(r) for r in args.ranks},
+        "configs": {k: {**v.get("keys", KeyConfig()).__dict__, **v["cfg"].__dict__} for k, v in methods.items()},
+    }, "rules": rules, "edits": {}, "runs": []}
+    examples: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+    object_rows: dict[str, list[np.ndarray]] = {}
+    originals: dict = {}
+
+    def record(task: EditTask, layer: str, name: str, r: dict, seconds: float, after: np.ndarray, show: list[int],
+               label: str | None = None) -> None:
+        r.update(edit=task.name, layer=layer, method=name, seconds=round(seconds, 3))
+        results["runs"].append(r)
+        for key in [k for k in examples if k[0] == task.name and (label or layer in ("-", k[1]))]:
+            examples[key][label or name] = after[show]  # layer-free rows (and suggest's) go in every layer's figure
+        q = r["quality"] or {}
+        fmt = lambda v: "  n/a" if v is None else f"{v:5.2f}"  # noqa: E731
+        print(f"{task.name:14s} {layer:4s} {name:26s} success={r['success']:.3f} object={r['object_success']:.3f} "
+              f"label_coll={r['label_collateral']:.4f} transfer={fmt(q.get('transfer'))} t={seconds:.1f}s", flush=True)
+
+    with reference_steps(s) as ref_steps:
+        results["meta"]["reference_steps"] = ref_steps
+        for task in TASKS:
+            prep = prepare(rw, task, pool_labels, pool_images, args.contexts, args.min_context_pixels)
+            z_paste = rw.latents([prep.paste.seed])
+            paste_before = to_uint8(generate(rw.model, z_paste))
+            scene = Scene(task, z_eval, z_paste, before, paste_before, read_truth(before, task), read_truth(paste_before, task),
+                          eval_seeds[: args.quality_seeds], originals)
+            show = [int(i) for i in np.argsort(-(scene.truth.labels == CLASS_INDEX[task.context]).reshape(len(before), -1).sum(1),
+                                               kind="stable")[: args.examples]]
+            for layer in args.layers:
+                examples[(task.name, layer)] = {"unedited": before[show]}
+            info = {"paste_seed": prep.paste.seed, "copy_seed": prep.copy.seed if prep.copy else None,
+                    "context_seeds": [c.seed for c in prep.context]}
+            r = measure(before, before, task, args.dilate, scene.truth)
+            r.update(success_on_paste_image=0.0, object_success_on_paste_image=0.0, quality=None)
+            record(task, "-", "unedited", r, 0.0, before, show)
+            for layer in args.layers:
+                for name, m in methods.items():
+                    t0 = time.perf_counter()
+                    delta, edit = solve_method(rw, layer, prep, m, covs[layer], stats_cfg, name)
+                    seconds = time.perf_counter() - t0
+                    r, after = evaluate(rw, scene, args, delta, edit)
+                    r["rank"] = m.get("keys", KeyConfig()).rank if not m.get("full") else None
+                    record(task, layer, name, r, seconds, after, show)
             t0 = time.perf_counter()
-            if m.get("all"):
-                z = rw.latents([prep.paste.seed])
-                g = finetune_all(rw.model, z, prep, max(1, round(args.all_steps * s)), args.all_lr, feat, args.feat_weight)
-                seconds = time.perf_counter() - t0
-                after = to_uint8(generate(g, z_eval))
-                paste_after = to_uint8(generate(g, z_paste))
-            else:
-                cfg = m["cfg"] if task.copy else replace(m["cfg"], erase=True)
-                if m.get("full"):
-                    dense = finetune_layer(rw, layer, prep, cfg, cov)
-                    spec = rw.spec(layer)
-                    # a rank-C_in "delta" written in the identity basis, so the edit stack can hold it
-                    c_in = dense.shape[spec.key_axis]
-                    delta = LowRankDelta(spec.param_path, spec.key_axis, dense, torch.eye(c_in, dtype=dense.dtype))
-                elif m.get("identity"):
-                    spec, dirs, goal = build_goal(rw, layer, prep, cfg, torch.eye(cov.shape[0], dtype=cov.dtype))
-                    delta = solve_update(rw.model, spec, dirs, goal, cfg).delta
-                else:
-                    edit = rw.new_edit(layer, prep.paste, prep.copy, prep.context, update=cfg, stats=stats_cfg, name=name,
-                                       keys=m.get("keys", KeyConfig()))
-                    delta = rw.solve(edit).delta
-                seconds = time.perf_counter() - t0
-                rw.stack.push(delta, name)
-                after = to_uint8(generate(rw.model, z_eval))
-                paste_after = to_uint8(generate(rw.model, z_paste))
-                rw.stack.revert_all()
-            r = measure(before, after, task, args.dilate)
-            r["success_on_paste_image"] = measure(paste_before, paste_after, task, args.dilate)["success"]
-            r["seconds"] = round(seconds, 3)
-            res_task[name] = r
-            shown[name] = after[show]
-            print(f"{task.name:14s} {name:26s} success={r['success']:.3f} label_coll={r['label_collateral']:.4f} "
-                  f"pix_coll={r['pixel_collateral']:.2f} t={seconds:.1f}s", flush=True)
-        results["edits"][task.name] = res_task
-        examples[task.name] = shown
+            g = finetune_all(rw.model, z_paste, prep, all_steps, args.all_lr, feat, args.feat_weight)
+            seconds = time.perf_counter() - t0
+            r, after = evaluate(rw, scene, args, model=g)
+            record(task, "-", "finetune_all_weights", r, seconds, after, show)
+            # suggest: the library's choice of (layer, rank), scored on held-out seeds disjoint from the evaluation
+            t0 = time.perf_counter()
+            base = rw.new_edit(args.layers[-1], prep.paste, prep.copy, prep.context, stats=stats_cfg, name="suggest",
+                               update=UpdateConfig(steps=max(1, round(UpdateConfig().steps * s)), erase=task.copy is None))
+            cands = rw.suggest(base, layers=args.layers, ranks=args.ranks, seeds=suggest_seeds)
+            suggest_s = time.perf_counter() - t0
+            pick = cands[0]
+            edit = replace(base, layer=pick.layer, keys=replace(base.keys, rank=pick.rank))
+            delta = rw.solve(edit).delta
+            seconds = time.perf_counter() - t0
+            r, after = evaluate(rw, scene, args, delta, edit)
+            r.update(rank=pick.rank, picked_layer=pick.layer, suggest_seconds=round(suggest_s, 3))
+            record(task, pick.layer, "suggest", r, seconds, after, show, label=f"suggest ({pick.layer} r{pick.rank})")
+            info["suggest"] = {"pick": {"layer": pick.layer, "rank": pick.rank}, "seconds": round(suggest_s, 3),
+                               "candidates": [c.to_dict() for c in cands]}
+            results["edits"][task.name] = info
+            filtered = colour_labels(mode_filter(scene.truth.labels[show], len(CLASSES)))
+            object_rows[task.name] = [before[show], filtered, outline(filtered, scene.truth.objects[show])]
     results["meta"]["total_seconds"] = round(time.perf_counter() - t_all, 1)
+    results["analysis"] = analyse(results)
     samples = [world_images[:10], colour_labels(world_labels[:10]), before[:10], colour_labels(gen_labels[:10])]
-    write_outputs(results, examples, args.out, samples)
+    write_outputs(results, examples, object_rows, args.out, samples)
     return results
 
 
-# --- outputs ----------------------------------------------------------------------------------------
-METRICS = ("success", "label_collateral", "pixel_collateral", "seconds")
-
-
-def markdown_table(results: dict) -> str:
-    lines = ["| edit | method | success ↑ | success on the paste image | label collateral ↓ | pixel collateral ↓ (0-255) | sibling spill ↓ | time (s) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for task, rows in results["edits"].items():
-        for name, r in rows.items():
-            if name.startswith("_"):
-                continue
-            lines.append(f"| {task} | {name} | {r['success']:.3f} | {r.get('success_on_paste_image', r['success']):.3f} | "
-                         f"{r['label_collateral']:.4f} | {r['pixel_collateral']:.2f} | {r['sibling_spill']:.4f} | {r['seconds']:.2f} |")
-    return "\n".join(lines)
-
-
-def write_outputs(results: dict, examples: dict[str, dict[str, np.ndarray]], out: Path,
-                  samples: list[np.ndarray] | None = None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=1))
-    meta = results["meta"]
-    head = (f"Model `{meta['model']}` (fingerprint {meta['fingerprint']}), layer `{meta['layer']}`, {meta['n_eval']} held-out seeds "
-            f"(from {meta['eval_seeds'][0]}), {meta['n_context']} context examples, rank r = {meta['rank_r']}, "
-            f"collateral measured outside the context dilated by {meta['dilate_px']} px; steps scale {meta['steps_scale']}; "
-            f"commit {meta['commit']}, torch {meta['torch']}, {meta['threads']} CPU thread(s).\n\n")
-    rules = results["rules"]
-    rule_lines = ["| rule | world scenes | generator samples |", "| --- | --- | --- |"]
-    rule_lines += [f"| {k} | {v:.3f} | {rules['generator_samples'][k]:.3f} |" for k, v in rules["training_world"].items()]
-    rule_lines += [f"| fraction of {c} pixels | {a:.4f} | {b:.4f} |" for c, (a, b) in rules["class_fractions"].items()]
-    rules_md = (f"\n\nRule obedience ({meta['n_eval']} held-out world scenes vs {meta['n_eval']} generator samples, read by the "
-                f"labeller; labeller pixel accuracy on the held-out scenes: {rules['labeller_accuracy_on_held_out_scenes']:.4f}):\n\n"
-                + "\n".join(rule_lines) + "\n")
-    (out / "results.md").write_text(head + markdown_table(results) + "\n" + rules_md)
-    tasks = list(results["edits"])
-    names = [n for n in results["edits"][tasks[0]] if not n.startswith("_")]
-    markers = "os^vDP*Xhp<>"
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks) + 2.6, 4.0))
-    axes = np.atleast_1d(axes)
-    for ax, task in zip(axes, tasks):
-        for i, name in enumerate(names):
-            r = results["edits"][task][name]
-            ax.scatter(r["label_collateral"], r["success"], s=55, marker=markers[i % len(markers)], color=f"C{i}",
-                       label=name, alpha=0.85)
-        ax.set_title(task)
-        ax.set_xlabel("label collateral (other pixels relabelled)")
-        ax.set_ylabel("success (context pixels -> target label)")
-        ax.set_xscale("symlog", linthresh=1e-3)
-        ax.set_xlim(-1e-4, 1.0)
-        ax.set_ylim(-0.03, 1.03)
-        ax.grid(alpha=0.3)
-    axes[-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "success_vs_collateral.png", dpi=110)
-    plt.close(fig)
-    if samples is not None:  # world scenes, their labels, generator samples, the labeller's reading of them
-        save_png(image_grid(samples, pad=2, scale=3), out / "samples_and_labels.png")
-    for task, shown in examples.items():
-        names = list(shown)
-        grid = image_grid([shown[n] for n in names], pad=2, scale=2)
-        fig, ax = plt.subplots(figsize=(grid.shape[1] / 90 + 1.8, grid.shape[0] / 90 + 0.4))
-        ax.imshow(grid)
-        row_h = grid.shape[0] / len(names)
-        ax.set_yticks([row_h * (i + 0.5) for i in range(len(names))], names, fontsize=7)
-        ax.set_xticks([])
-        ax.set_title(f"{task}: unedited (top) and each method (held-out seeds)", fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / f"examples_{task}.png", dpi=100)
-        plt.close(fig)
+def _int_list(text: str) -> list[int]:
+    return [int(t) for t in text.split(",") if t.strip()]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     p.add_argument("--disc", type=Path, default=DEFAULT_DISC, help="discriminator for the fine-tune-all feature term")
-    p.add_argument("--layer", default="b32")
+    p.add_argument("--layers", type=lambda t: [x for x in t.split(",") if x], default=["b8", "b16", "b32"],
+                   help="layers of the sweep (comma separated); suggest chooses among them")
+    p.add_argument("--ranks", type=_int_list, default=[1, 2, 4], help="ranks of our default solve and of suggest (must hold 1)")
     p.add_argument("--seeds", type=int, default=1000, help="held-out evaluation images")
+    p.add_argument("--quality-seeds", type=int, default=48, help="first held-out seeds the quality report runs on (0: none)")
+    p.add_argument("--suggest-seeds", type=int, default=32, help=f"held-out seeds suggest scores on (from {SUGGEST_SEED0})")
     p.add_argument("--pool", type=int, default=300, help="images the context/copy/paste examples are picked from")
     p.add_argument("--contexts", type=int, default=8, help="context examples (every method gets the same ones)")
-    p.add_argument("--rank", type=int, default=3, help="rank r of the rank-r method")
     p.add_argument("--min-context-pixels", type=int, default=8)
-    p.add_argument("--steps-scale", type=float, default=1.0, help="multiplies every step count (small runs)")
+    p.add_argument("--steps-scale", type=float, default=1.0, help="multiplies every step count, the reference's too (small runs)")
     p.add_argument("--stats-samples", type=int, default=1000)
     p.add_argument("--layer-lr", type=float, default=1e-3, help="Adam lr of the one-layer full-rank fine-tune")
     p.add_argument("--all-steps", type=int, default=300)
     p.add_argument("--all-lr", type=float, default=1e-3)
     p.add_argument("--feat-weight", type=float, default=0.1)
     p.add_argument("--dilate", type=int, default=3)
+    p.add_argument("--collateral-bound", type=float, default=0.05,
+                   help="label collateral a configuration may have to count as the best one (suggest hit rate)")
     p.add_argument("--examples", type=int, default=6)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "world")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "world_sweep")
     args = p.parse_args(argv)
+    if 1 not in args.ranks:
+        p.error("--ranks must hold 1 (our rank-1 default is a method of every layer)")
+    if EVAL_SEED0 + args.seeds > SUGGEST_SEED0:
+        p.error(f"--seeds must stay below {SUGGEST_SEED0 - EVAL_SEED0} so suggest's seeds stay held out from the evaluation")
     torch.set_num_threads(args.threads)
     return args
 
