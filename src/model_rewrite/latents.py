@@ -8,9 +8,10 @@ from typing import Iterable, Iterator, Sequence
 
 import torch
 
+from .config import MAX_SEED
 from .errors import InvalidEdit
 
-MAX_SEED = 2**31 - 1
+__all__ = ["MAX_SEED", "MAX_SEED_LIST", "latent_from_seed", "latent_stream", "latents_from_seeds", "parse_seeds"]
 MAX_SEED_LIST = 100_000  # seeds one specification may name
 
 
