@@ -192,6 +192,7 @@ class SavedEditOut(BaseModel):
     layer: str
     model: str
     has_factors: bool
+    readable: bool = True  # False: the file could not be read as an edit (`error` says why)
     compatible: bool
     error: str
     modified: float
