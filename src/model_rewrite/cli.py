@@ -11,13 +11,19 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from .cliargs import OneLineParser, int_in
 from .cliargs import Progress as _Progress  # the command's shared argument helpers, by their old names
 from .cliargs import add_config_flags as _add_config_flags
 from .cliargs import config_from_flags as _config_from_flags
 from .cliargs import seeds_from_args as _seeds
+from .cliargs import check_heat_direction as _check_heat_direction
+from .cliargs import input_files as _inputs
+from .cliargs import load_edit_for as _load_edit_for
+from .cliargs import solve_with_progress as _solve_with_progress
 from .cliargs import with_flags as _with_flags
-from .config import KeyConfig, RenderConfig, StatsConfig, UpdateConfig
+from .config import MAX_RANK, MAX_SEED, KeyConfig, RenderConfig, StatsConfig, UpdateConfig
 from .errors import RewriteError
+from .latents import MAX_SEED_LIST
 
 log = logging.getLogger("model_rewrite")
 
@@ -72,45 +78,28 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_edit_for(rw: Any, path: Path, args: argparse.Namespace):
-    """An EditSpec (and saved factors) from our format, or from the paper's format with --layer."""
-    from .paper_format import read_edit_or_request
-
-    return read_edit_or_request(path, model=rw.info.model_id, fingerprint=rw.info.fingerprint, layer=args.layer)
-
-
-def _solve_with_progress(rw: Any, spec: Any, quiet: bool):
-    from tqdm import tqdm
-
-    steps = spec.update.planned_steps
-    bar = None if quiet or not steps else tqdm(total=steps, desc="solve", leave=False, file=sys.stderr)
-
-    def on_step(step: int, loss: float) -> bool:
-        if bar is not None:  # update() redraws at most every `mininterval` (0.1 s), unlike refresh()
-            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-            bar.update(step - bar.n)
-        return False
-
-    try:
-        return rw.solve(spec, on_step)
-    finally:
-        if bar is not None:
-            bar.close()
-
-
 def cmd_apply(args: argparse.Namespace) -> int:
+    from .outdir import check_output_folder, staged_folder
+
     rw = _rewriter(args)
+    out, paths = Path(args.out), [Path(p) for p in args.edits]
+    _seeds(args), _config_from_flags(args, RenderConfig)  # every argument is checked before any work
+    check_output_folder(out, _inputs(rw, paths))
     edits = []
-    for path in (Path(p) for p in args.edits):  # read and check every edit before any work
+    for path in paths:  # read and check every edit before any work
         spec, delta = _with_flags(*_load_edit_for(rw, path, args), args)
         edits.append((path, rw.check_edit(spec), delta))
-    _apply_and_write(rw, edits, Path(args.out), args)
+    _check_heat_direction(args, [spec for _, spec, _ in edits])
+    with staged_folder(out) as tmp:  # `out` is replaced as a whole, as the last step
+        _apply_and_write(rw, edits, tmp, args, shown=out)
     return 0
 
 
-def _apply_and_write(rw: Any, edits: list[tuple[Path, Any, Any]], out: Path, args: argparse.Namespace) -> None:
-    """Solve (unless solved) and apply checked edits; write their files, grids, report.json and weights."""
-    from .cache import atomic_write_bytes
+def _apply_and_write(rw: Any, edits: list[tuple[Path, Any, Any]], out: Path, args: argparse.Namespace,
+                     shown: Path) -> None:
+    """Solve (unless solved) and apply checked edits; write their files, grids, report.json and weights into
+    `out` (a staged folder that becomes `shown`)."""
+    from .cache import atomic_write_bytes, json_bytes
     from .edits import save_edit
     from .export import export_model
     from .quality import quality_report
@@ -155,27 +144,31 @@ def _apply_and_write(rw: Any, edits: list[tuple[Path, Any, Any]], out: Path, arg
         summary.update({k: reports[-1][k] for k in ("inside_change", "outside_change", "ratio")})
     weights = export_model(rw.model, rw.info, out / "model.safetensors", [r["edit"] for r in reports])
     summary["all_edits_mean_change"] = float((rw.sample(seeds) - before).abs().mean())
-    atomic_write_bytes(out / "report.json", json.dumps(summary, indent=1).encode())
+    atomic_write_bytes(out / "report.json", json_bytes(summary))
     for r in reports:
         print(f"{r['edit']}: layer {r['layer']}, inside change {r['inside_change']:.4f}, outside {r['outside_change']:.4f}, "
               f"ratio {r['ratio']:.2f} ({r['seconds']:.2f}s)")
         for line in r["quality"]["lines"]:
             print(f"  {line}")
-    print(f"wrote {out}/grid.png, {out}/report.json and the edited weights {weights}")
+    print(f"wrote {shown}/grid.png, {shown}/report.json and the edited weights {shown / weights.name}")
 
 
 def cmd_suggest(args: argparse.Namespace) -> int:
-    from .cache import atomic_write_bytes
+    from .cache import atomic_write_bytes, json_bytes
+    from .outdir import check_output_folder, staged_folder
 
     rw = _rewriter(args)
+    out = Path(args.out)
+    _seeds(args), _config_from_flags(args, RenderConfig)
+    check_output_folder(out, _inputs(rw, [Path(args.edit)]))
     spec, _ = _with_flags(*_load_edit_for(rw, Path(args.edit), args), args)
     rw.check_edit(spec)
     try:
         ranks = [int(r) for r in args.ranks.split(",") if r.strip()]
     except ValueError:
         raise RewriteError(f"--ranks must be a comma-separated list of integers, got {args.ranks!r}") from None
-    if not ranks or min(ranks) < 1:
-        raise RewriteError("--ranks must name ranks of at least 1, e.g. 1,2,4")
+    if not ranks or min(ranks) < 1 or max(ranks) > MAX_RANK:
+        raise RewriteError(f"--ranks must name ranks from 1 to {MAX_RANK}, e.g. 1,2,4")
     layers = [name.strip() for name in args.layers.split(",") if name.strip()] if args.layers else None
     bars: dict[str, _Progress] = {}
 
@@ -198,17 +191,17 @@ def cmd_suggest(args: argparse.Namespace) -> int:
         print(f"{c.layer:<10}{c.rank:>5}{fmt(d['score']):>8}{fmt(d['transfer']):>10}{fmt(d['paste_fidelity']):>10}"
               f"{fmt(d['locality'], '.1f'):>10}{fmt(d['collateral'], '.3f'):>12}{d['seconds']:>9.2f}"
               + (f"  ({c.error})" if c.error else ""))
-    out = Path(args.out)
     best = cands[0]
     result = {"edit": str(args.edit), "seconds": round(seconds, 3), "best": {"layer": best.layer, "rank": best.rank},
               "candidates": [c.to_dict() for c in cands]}
-    atomic_write_bytes(out / "suggest.json", json.dumps(result, indent=1).encode())
-    print(f"best: layer {best.layer}, rank {best.rank} ({seconds:.1f}s in all); wrote {out}/suggest.json")
-    if args.apply_best:
-        if best.quality is None:
-            raise RewriteError(f"no layer and rank could be solved for {args.edit}: {best.error}")
-        chosen = dataclasses.replace(spec, layer=best.layer, keys=dataclasses.replace(spec.keys, rank=best.rank))
-        _apply_and_write(rw, [(Path(args.edit), chosen, None)], out, args)
+    with staged_folder(out) as tmp:  # `out` is replaced as a whole, as the last step
+        atomic_write_bytes(tmp / "suggest.json", json_bytes(result))
+        print(f"best: layer {best.layer}, rank {best.rank} ({seconds:.1f}s in all); writing {out}/suggest.json")
+        if args.apply_best and best.quality is not None:
+            chosen = dataclasses.replace(spec, layer=best.layer, keys=dataclasses.replace(spec.keys, rank=best.rank))
+            _apply_and_write(rw, [(Path(args.edit), chosen, None)], tmp, args, shown=out)
+    if args.apply_best and best.quality is None:
+        raise RewriteError(f"no layer and rank could be solved for {args.edit}: {best.error}")
     return 0
 
 
@@ -216,12 +209,14 @@ def cmd_search(args: argparse.Namespace) -> int:
     from .render import image_grid, overlay, save_png, to_uint8
     from .report import fire_regions
     from .search import rank_by_heat
-    from .cache import atomic_write_bytes
+    from .cache import atomic_write_bytes, json_bytes
+    from .outdir import check_output_folder, staged_folder
 
     rw = _rewriter(args)
+    out = Path(args.out)
+    _seeds(args)
+    check_output_folder(out, _inputs(rw, [Path(args.edit)]))
     spec, _ = _with_flags(*_load_edit_for(rw, Path(args.edit), args), args)
-    if args.top < 1:
-        raise RewriteError("--top must be at least 1")
     render_cfg = _config_from_flags(args, RenderConfig)
     dirs = rw.edit_directions(rw.check_edit(spec))
     if render_cfg.heat_direction >= dirs.shape[0]:
@@ -233,10 +228,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     top = order[: args.top]
     regions, th = fire_regions(heats, rw.info.resolution, render_cfg.fire_quantile)
     imgs = to_uint8(rw.sample([seeds[i] for i in top.tolist()]))
-    out = Path(args.out)
-    save_png(image_grid([overlay(imgs, regions[top])], scale=args.scale), out / "matches.png")
     ranking = [{"seed": seeds[i], "score": float(s)} for i, s in zip(order.tolist(), scores.tolist())]
-    atomic_write_bytes(out / "matches.json", json.dumps({"layer": spec.layer, "threshold": th, "ranking": ranking}, indent=1).encode())
+    with staged_folder(out) as tmp:  # `out` is replaced as a whole, as the last step
+        save_png(image_grid([overlay(imgs, regions[top])], scale=args.scale), tmp / "matches.png")
+        atomic_write_bytes(tmp / "matches.json", json_bytes({"layer": spec.layer, "threshold": th, "ranking": ranking}))
     for r in ranking[: args.top]:
         print(f"seed {r['seed']:>6}  score {r['score']:.4f}")
     print(f"wrote {out}/matches.png and {out}/matches.json")
@@ -244,19 +239,27 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import check_export, choose_format, export_edited
+    from .export import choose_format, export_edited
 
     rw = _rewriter(args)
     choose_format(rw.info, args.out, args.format)  # refuse an impossible format before any work
-    for p in args.edits:
-        spec, delta = _load_edit_for(rw, Path(p), args)
+    out = Path(args.out).resolve()
+    for item in _inputs(rw, [Path(p) for p in args.edits]):
+        if item.resolve() == out or Path(f"{item}.edits.json").resolve() == out:
+            raise RewriteError(f"--out {args.out} is the input {item}; write the edited model to another file")
+    loaded = [_load_edit_for(rw, Path(p), args) for p in args.edits]
+    for spec, _ in loaded:  # every edit is checked before any is applied
+        rw.check_edit(spec)
+    for spec, delta in loaded:
         rw.apply(spec, delta)
-    result = export_edited(rw.model, rw.info, args.out, [str(p) for p in args.edits], args.format, args.also_g)
-    diff = check_export(rw.model, result, rw.latents(list(range(4))), rw.info)
+    # checked (reloaded, the same images exactly) before it is published; ExportError otherwise
+    result = export_edited(rw.model, rw.info, args.out, [str(p) for p in args.edits], args.format, args.also_g,
+                           check_latents=rw.latents(list(range(4))))
     what = "safetensors" if result.format == "safetensors" else f"{result.format} format, {len(result.changed)} tensor(s) changed"
     extra = f", edits in {result.sidecar}" if result.sidecar else ""
-    print(f"wrote {result.path} ({what}{extra}) with {len(args.edits)} edit(s); reloaded max difference {diff:.2e}")
-    return 0 if diff == 0.0 else 1
+    print(f"wrote {result.path} ({what}{extra}) with {len(args.edits)} edit(s); reloaded max difference "
+          f"{result.max_difference:.2e}")
+    return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -269,7 +272,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="model-rewrite", description="Rewrite the rules of a pretrained generator.")
+    parser = OneLineParser(prog="model-rewrite", description="Rewrite the rules of a pretrained generator.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__import__('model_rewrite').__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -281,11 +284,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--cache-dir", default=None, help="statistics cache (default $MODEL_REWRITE_CACHE or ~/.cache/model-rewrite)")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
         if seeds:
-            p.add_argument("--seed", type=int, default=1000, help="first seed of the images to render (default 1000)")
-            p.add_argument("--samples", type=int, default=samples, help=f"number of images (default {samples})")
+            p.add_argument("--seed", type=int_in(0, MAX_SEED), default=1000,
+                           help="first seed of the images to render (default 1000)")
+            p.add_argument("--samples", type=int_in(1, MAX_SEED_LIST), default=samples,
+                           help=f"number of images (default {samples})")
             p.add_argument("--seeds", default=None, help="seeds as ranges and lists, e.g. '0-15' or '3,7,20-29' "
                                                          "(instead of --seed/--samples)")
-            p.add_argument("--scale", type=int, default=2, help="pixel scale of written grids (default 2)")
+            p.add_argument("--scale", type=int_in(1, 16), default=2, help="pixel scale of written grids (default 2, 1..16)")
 
     p = sub.add_parser("layers", help="list the editable layers")
     common(p, layer=False)
@@ -295,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="write a grid of generated images")
     common(p, layer=False, seeds=True)
     p.set_defaults(seed=0)
-    p.add_argument("--per-row", type=int, default=8)
+    p.add_argument("--per-row", type=int_in(1, 256), default=8, help="images per row (default 8, 1..256)")
     p.add_argument("--out", default="samples.png", help="output PNG (default samples.png)")
     p.set_defaults(func=cmd_sample)
 
@@ -333,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="rank samples by an edit's context direction and show where it fires")
     p.add_argument("edit", metavar="EDIT.json")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--top", type=int, default=16, help="matches to show (default 16)")
+    p.add_argument("--top", type=int_in(1, 1024), default=16, help="matches to show (default 16, 1..1024)")
     common(p, seeds=True, samples=256)
     _add_config_flags(p, KeyConfig, "context directions")
     _add_config_flags(p, StatsConfig, "statistics")
@@ -355,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="start the web app")
     common(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    p.add_argument("--port", type=int_in(0, 65535), default=0, help="port (default 0: a free one)")
     p.set_defaults(func=cmd_serve)
     return parser
 

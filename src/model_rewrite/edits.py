@@ -146,6 +146,16 @@ def _upgrade_v1(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def check_made_for(name: Any, model: Any, fingerprint: Any, loaded_model: str, loaded_fingerprint: str) -> None:
+    """IncompatibleEdit unless an edit made for (`model`, `fingerprint`) fits the loaded model: the message
+    names the edit's model and the loaded one, and how to load the right one."""
+    if fingerprint != loaded_fingerprint:
+        raise IncompatibleEdit(
+            f"edit {name or '(unnamed)'} was made for model {model!r} with fingerprint {fingerprint}, but the "
+            f"loaded model {loaded_model!r} has fingerprint {loaded_fingerprint}; load the model the edit was made "
+            f"for (--model {model})")
+
+
 def selection_from_dict(data: Any, what: str, max_side: int | None = None) -> Selection:
     """A Selection from {"seed": int, "mask": PNG data URL}; the mask's header is checked against `max_side`
     before it is decoded."""
@@ -153,7 +163,7 @@ def selection_from_dict(data: Any, what: str, max_side: int | None = None) -> Se
         raise InvalidEdit(f"{what} must be an object with exactly 'seed' and 'mask'")
     seed = data["seed"]
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
-        raise InvalidEdit(f"{what}.seed must be an integer from 0 to {MAX_SEED}, got {seed!r}")
+        raise InvalidEdit(f"{what}.seed must be a non-negative integer (0 to {MAX_SEED}), got {seed!r}")
     try:
         return Selection(seed, mask_from_data_url(data["mask"], max_side))
     except InvalidEdit as exc:

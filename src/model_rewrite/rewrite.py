@@ -13,14 +13,14 @@ from torch import nn
 from .cache import Store
 from .config import KeyConfig, StatsConfig, UpdateConfig
 from .directions import key_directions
-from .edits import EditSpec, Selection
+from .edits import EditSpec, Selection, check_made_for
 from .errors import IncompatibleEdit, InvalidEdit, SolveError
 from .goals import Observation, context_keys, copy_paste_goal, erase_goal, erase_units, observe
 from .hooks import get_module
 from .latents import latents_from_seeds
 from .layers import LayerSpec, editable_layers, resolve_layer
 from .masks import check_mask
-from .models import ModelInfo, load_generator, model_info
+from .models import ModelInfo, check_device, load_generator, model_info
 from .render import generate
 from .search import heat_maps, key_maps
 from .solve import SolveResult, StepCallback, solve_update
@@ -54,7 +54,7 @@ class Rewriter:
     def __init__(self, model: str | nn.Module = "faces", *, device: str = "cpu", cache_dir: str | Path | None = None,
                  info: ModelInfo | None = None) -> None:
         if isinstance(model, nn.Module):
-            self.model = model.to(device).eval()
+            self.model = model.to(check_device(device)).eval()
             self.info = info or model_info(self.model, "custom", "in memory")
         else:
             self.model, self.info = load_generator(model, device)
@@ -130,11 +130,7 @@ class Rewriter:
     def check_edit(self, edit: EditSpec) -> EditSpec:
         """The one check that an edit fits this model: made for it (by fingerprint), an editable
         layer, masks at the image size. IncompatibleEdit / InvalidEdit name the loaded model."""
-        if edit.fingerprint != self.info.fingerprint:
-            raise IncompatibleEdit(
-                f"edit {edit.name or '(unnamed)'} was made for model {edit.model!r} with fingerprint "
-                f"{edit.fingerprint}, but the loaded model {self.info.model_id!r} has fingerprint "
-                f"{self.info.fingerprint}; load the model the edit was made for (--model {edit.model})")
+        check_made_for(edit.name, edit.model, edit.fingerprint, self.info.model_id, self.info.fingerprint)
         names = [s.name for s in editable_layers(self.model)]
         if edit.layer not in names:
             raise IncompatibleEdit(f"edit layer {edit.layer!r} is not an editable layer of model "
