@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -27,10 +28,10 @@ def default_cache_dir() -> Path:
     return Path(base) / "model-rewrite"
 
 
-def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Call `write(f)` on a temporary file beside `path`, then rename it to `path` (`os.replace`): readers
-    see the old file or the complete new one, never a half-written file. Streams, so large checkpoints
-    are not held in memory twice."""
+def stage(path: Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Call `write(f)` on a new temporary file beside `path` and return it, complete and on disk (fsync), with
+    the usual permissions; `os.replace(tmp, path)` then swaps it in at once. The temporary is removed if
+    `write` fails."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
@@ -41,10 +42,21 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return Path(tmp)
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Call `write(f)` on a temporary file beside `path`, then rename it to `path` (`os.replace`): readers
+    see the old file or the complete new one, never a half-written file. Streams, so large checkpoints
+    are not held in memory twice."""
+    tmp = stage(path, write)
+    try:
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -53,32 +65,80 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     atomic_write(path, lambda f: f.write(data))
 
 
-def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
-    """Atomically write tensors as safetensors with `metadata` (JSON) under the key 'model_rewrite'."""
+def finite_json(obj: Any) -> Any:
+    """`obj` with every non-finite float (NaN, infinities) replaced by None, recursively."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    return obj
+
+
+def json_bytes(obj: Any, indent: int | None = 1) -> bytes:
+    """Strict JSON of `obj` (what every file we write holds): a non-finite float is written as null, never as
+    the bare NaN / Infinity that JSON does not have (and browsers refuse)."""
+    return json.dumps(finite_json(obj), indent=indent, allow_nan=False).encode()
+
+
+def tensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> bytes:
+    """safetensors bytes of `tensors` with `metadata` (JSON) under the key 'model_rewrite'."""
     from safetensors.torch import save
 
-    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata={"model_rewrite": json.dumps(metadata, sort_keys=True)})
-    atomic_write_bytes(path, data)
+    return save({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+                metadata={"model_rewrite": json.dumps(finite_json(metadata), sort_keys=True, allow_nan=False)})
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
+    """Atomically write tensors as safetensors with `metadata` (JSON) under the key 'model_rewrite'."""
+    atomic_write_bytes(path, tensors_bytes(tensors, metadata))
+
+
+def tensors_from_bytes(data: bytes, source: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read bytes written by `tensors_bytes`; CorruptCache (naming `source`) if they cannot be read."""
+    from safetensors.torch import load
+
+    try:
+        n = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + n])
+        meta = json.loads(header["__metadata__"]["model_rewrite"])
+        tensors = load(data)
+        if not isinstance(meta, dict):
+            raise ValueError("the metadata is not a JSON object")
+    except Exception as exc:  # noqa: BLE001 -- whatever the bytes are, they are refused with the reason
+        raise CorruptCache(f"{source} is unreadable ({type(exc).__name__}: {exc})") from None
+    return tensors, meta
 
 
 def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read a file written by `save_tensors`; CorruptCache if it cannot be read or has no metadata."""
-    from safetensors import safe_open
-
     try:
-        with safe_open(str(path), "pt") as f:
-            meta = json.loads((f.metadata() or {})["model_rewrite"])
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:
-        raise CorruptCache(f"{path} is unreadable ({type(exc).__name__}: {exc}); delete it to recompute") from None
-    return tensors, meta
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise CorruptCache(f"{path} is unreadable ({exc.strerror or exc}); delete it to recompute") from None
+    try:
+        return tensors_from_bytes(data, path)
+    except CorruptCache as exc:
+        raise CorruptCache(f"{exc}; delete it to recompute") from None
+
+
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """Hex sha256 of the tensors' names, dtypes, shapes and bytes, in name order (what the cache checks)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 class Store:
     """Cache of tensors keyed by a hash of everything that affects them.
 
-    A file whose stored key does not match, that cannot be read, or whose tensors are not
-    finite is reported, recomputed and replaced; it is never used silently.
+    A file whose stored key does not match, that cannot be read, whose tensors do not match the sha256 of
+    their bytes kept in its metadata (`tensors_sha256`), or whose tensors are not finite is reported (one
+    warning), recomputed and replaced; it is never used silently.
     """
 
     def __init__(self, root: str | Path | None = None) -> None:
@@ -104,11 +164,14 @@ class Store:
                 tensors, meta = load_tensors(path)
                 if meta.get("key") != json.loads(json.dumps(full_key)):
                     raise CorruptCache(f"{path} holds another entry (stale key)")
+                if meta.get("sha256") != tensors_sha256(tensors):
+                    raise CorruptCache(f"{path} does not match its checksum (damaged on disk, or written before "
+                                       "checksums were kept)")
                 if not all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point()):
                     raise CorruptCache(f"{path} holds non-finite values")
                 return tensors, meta["info"]
             except CorruptCache as exc:
                 log.warning("cache entry rejected, recomputing: %s", exc)
         tensors, info = compute()
-        save_tensors(path, tensors, {"key": full_key, "info": info})
+        save_tensors(path, tensors, {"key": full_key, "info": info, "sha256": tensors_sha256(tensors)})
         return tensors, info

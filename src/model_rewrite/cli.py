@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .cli_flags import (add_common, add_config_flags, adopt_latents, config_from_flags, load_edit_for, rewriter_from_args,
-                        seeds_from_args, with_flags)
+from .cli_flags import (OneLineParser, add_common, add_config_flags, adopt_latents, check_heat_direction, config_from_flags,
+                        input_files, int_in, load_edit_for, rewriter_from_args, seeds_from_args, with_flags)
 from .cli_paper import add_paper_commands
 from .cli_quality import add_quality_commands
 from .config import KeyConfig, RenderConfig, StatsConfig, UpdateConfig
@@ -71,10 +71,13 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
+    from .outdir import check_output_folder, staged_folder
     from .run_edits import apply_edits
 
     rw = rewriter_from_args(args)
-    paths = [Path(p) for p in args.edits]
+    out, paths = Path(args.out), [Path(p) for p in args.edits]
+    seeds, render = seeds_from_args(args), config_from_flags(args, RenderConfig)  # every argument checked before any work
+    check_output_folder(out, input_files(rw, paths))
     edits = [(path, *with_flags(*load_edit_for(rw, path, args), args)) for path in paths]
     adopt_latents(rw, [spec for _, spec, _ in edits], args)
     for path, spec, _ in edits:  # read and check every edit before any work
@@ -82,15 +85,15 @@ def cmd_apply(args: argparse.Namespace) -> int:
             raise RewriteError(f"{path} has no paste selection: it is a search request (key/query only), which cannot be "
                                f"applied; rank images by it with `model-rewrite search {path} --layer {spec.layer}`")
     edits = [(path, rw.check_edit(spec), delta) for path, spec, delta in edits]
-    out = Path(args.out)
-    summary = apply_edits(rw, edits, seeds_from_args(args), out, render=config_from_flags(args, RenderConfig),
-                          quiet=args.quiet, scale=args.scale)
+    check_heat_direction(args, [spec for _, spec, _ in edits])
+    with staged_folder(out) as tmp:  # `out` is replaced as a whole, as the last step
+        summary = apply_edits(rw, edits, seeds, tmp, render=render, quiet=args.quiet, scale=args.scale)
     for r in summary["edits"]:
         print(f"{r['edit']}: layer {r['layer']}, inside change {r['inside_change']:.4f}, outside {r['outside_change']:.4f}, "
               f"ratio {r['ratio']:.2f} ({r['seconds']:.2f}s)")
         for line in r["quality"]["lines"]:
             print(f"  {line}")
-    print(f"wrote {out}/grid.png, {out}/report.json and the edited weights {summary['weights']}")
+    print(f"wrote {out}/grid.png, {out}/report.json and the edited weights {out / Path(summary['weights']).name}")
     return 0
 
 
@@ -98,13 +101,15 @@ def cmd_search(args: argparse.Namespace) -> int:
     from .render import image_grid, overlay, save_png, to_uint8
     from .report import fire_regions
     from .search import rank_by_heat
-    from .cache import atomic_write_bytes
+    from .cache import atomic_write_bytes, json_bytes
+
+    from .outdir import check_output_folder, staged_folder
 
     rw = rewriter_from_args(args)
+    out = Path(args.out)
+    check_output_folder(out, input_files(rw, [Path(args.edit)]))
     spec, _ = with_flags(*load_edit_for(rw, Path(args.edit), args), args)
     adopt_latents(rw, [spec], args)
-    if args.top < 1:
-        raise RewriteError("--top must be at least 1")
     render_cfg = config_from_flags(args, RenderConfig)
     dirs = rw.search_directions(rw.check_edit(spec))  # the query region's direction if it has one, else the context's
     if render_cfg.heat_direction >= dirs.shape[0]:
@@ -116,12 +121,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     top = order[: args.top]
     regions, th = fire_regions(heats, rw.info.resolution, render_cfg.fire_quantile)
     imgs = to_uint8(rw.sample([seeds[i] for i in top.tolist()]))
-    out = Path(args.out)
-    save_png(image_grid([overlay(imgs, regions[top])], scale=args.scale), out / "matches.png")
     ranking = [{"seed": seeds[i], "score": float(s)} for i, s in zip(order.tolist(), scores.tolist())]
     ranked_by = "query" if spec.query is not None else "context"
-    atomic_write_bytes(out / "matches.json", json.dumps({"layer": spec.layer, "ranked_by": ranked_by, "latents": rw.latent_scheme,
-                                                         "threshold": th, "ranking": ranking}, indent=1).encode())
+    with staged_folder(out) as tmp:  # `out` is replaced as a whole, as the last step
+        save_png(image_grid([overlay(imgs, regions[top])], scale=args.scale), tmp / "matches.png")
+        atomic_write_bytes(tmp / "matches.json", json_bytes({"layer": spec.layer, "ranked_by": ranked_by,
+                                                              "latents": rw.latent_scheme, "threshold": th, "ranking": ranking}))
     for r in ranking[: args.top]:
         print(f"seed {r['seed']:>6}  score {r['score']:.4f}")
     print(f"wrote {out}/matches.png and {out}/matches.json (ranked by the {ranked_by}'s direction)")
@@ -129,20 +134,28 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import check_export, choose_format, export_edited
+    from .export import choose_format, export_edited
 
     rw = rewriter_from_args(args)
     choose_format(rw.info, args.out, args.format)  # refuse an impossible format before any work
+    out = Path(args.out).resolve()
+    for item in input_files(rw, [Path(p) for p in args.edits]):
+        if item.resolve() == out or Path(f"{item}.edits.json").resolve() == out:
+            raise RewriteError(f"--out {args.out} is the input {item}; write the edited model to another file")
     edits = [load_edit_for(rw, Path(p), args) for p in args.edits]
     adopt_latents(rw, [spec for spec, _ in edits], args)
+    for spec, _ in edits:  # every edit is checked before any is applied
+        rw.check_edit(spec)
     for spec, delta in edits:
         rw.apply(spec, delta)
-    result = export_edited(rw.model, rw.info, args.out, [str(p) for p in args.edits], args.format, args.also_g)
-    diff = check_export(rw.model, result, rw.latents(list(range(4))), rw.info)
+    # checked (reloaded, the same images exactly) before it is published; ExportError otherwise
+    result = export_edited(rw.model, rw.info, args.out, [str(p) for p in args.edits], args.format, args.also_g,
+                           check_latents=rw.latents(list(range(4))))
     what = "safetensors" if result.format == "safetensors" else f"{result.format} format, {len(result.changed)} tensor(s) changed"
     extra = f", edits in {result.sidecar}" if result.sidecar else ""
-    print(f"wrote {result.path} ({what}{extra}) with {len(args.edits)} edit(s); reloaded max difference {diff:.2e}")
-    return 0 if diff == 0.0 else 1
+    print(f"wrote {result.path} ({what}{extra}) with {len(args.edits)} edit(s); reloaded max difference "
+          f"{result.max_difference:.2e}")
+    return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -156,7 +169,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="model-rewrite", description="Rewrite the rules of a pretrained generator.")
+    parser = OneLineParser(prog="model-rewrite", description="Rewrite the rules of a pretrained generator.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__import__('model_rewrite').__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -168,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="write a grid of generated images")
     add_common(p, layer=False, seeds=True)
     p.set_defaults(seed=0)
-    p.add_argument("--per-row", type=int, default=8)
+    p.add_argument("--per-row", type=int_in(1, 256), default=8, help="images per row (default 8, 1..256)")
     p.add_argument("--out", default="samples.png", help="output PNG (default samples.png)")
     p.set_defaults(func=cmd_sample)
 
@@ -191,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="rank samples by an edit's query direction (else its context's) and show where it fires")
     p.add_argument("edit", metavar="EDIT.json")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--top", type=int, default=16, help="matches to show (default 16)")
+    p.add_argument("--top", type=int_in(1, 1024), default=16, help="matches to show (default 16, 1..1024)")
     add_common(p, seeds=True, samples=256)
     add_config_flags(p, KeyConfig, "context directions")
     add_config_flags(p, StatsConfig, "statistics")
@@ -213,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="start the web app")
     add_common(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    p.add_argument("--port", type=int_in(0, 65535), default=0, help="port (default 0: a free one)")
     p.set_defaults(func=cmd_serve)
 
     add_quality_commands(sub)

@@ -7,11 +7,33 @@ import argparse
 import dataclasses
 import typing
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
-from .config import KeyConfig, StatsConfig, UpdateConfig
-from .errors import RewriteError
-from .latents import LATENT_SCHEMES
+from .config import MAX_SEED, KeyConfig, RenderConfig, StatsConfig, UpdateConfig, field_choices, field_range
+from .errors import InvalidEdit, RewriteError
+from .latents import LATENT_SCHEMES, MAX_SEED_LIST
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line on stderr (exit 2), naming the problem and --help."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def int_in(lo: int, hi: int, what: str = "") -> Any:
+    """An argparse type: an integer from `lo` to `hi`, else a one-line error."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{value} is out of range: give {lo} to {hi}{what}")
+        return value
+
+    parse.__name__ = "int"
+    return parse
 
 
 def add_common(p: argparse.ArgumentParser, layer: bool = True, seeds: bool = False, samples: int = 16,
@@ -29,44 +51,55 @@ def add_common(p: argparse.ArgumentParser, layer: bool = True, seeds: bool = Fal
     p.add_argument("--cache-dir", default=None, help="statistics cache (default $MODEL_REWRITE_CACHE or ~/.cache/model-rewrite)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     if seeds:
-        p.add_argument("--seed", type=int, default=1000, help="first seed of the images to render (default 1000)")
-        p.add_argument("--samples", type=int, default=samples, help=f"number of images (default {samples})")
+        p.add_argument("--seed", type=int_in(0, MAX_SEED), default=1000,
+                       help="first seed of the images to render (default 1000)")
+        p.add_argument("--samples", type=int_in(1, MAX_SEED_LIST), default=samples,
+                       help=f"number of images (default {samples})")
         p.add_argument("--seeds", default=None, help="seeds as ranges and lists, e.g. '0-15' or '3,7,20-29' "
                                                      "(instead of --seed/--samples)")
-        p.add_argument("--scale", type=int, default=2, help="pixel scale of written grids (default 2)")
+        p.add_argument("--scale", type=int_in(1, 16), default=2, help="pixel scale of written grids (default 2, 1..16)")
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str) -> None:
-    """One flag per field of the config dataclass `cls` (`--num-samples` for `num_samples`), default None."""
+    """One flag per field of config dataclass `cls` (`rank` -> --rank), stored as "Cls.field"; the help
+    gives the default and the range or choices declared in config.py."""
     group = parser.add_argument_group(title, f"override {cls.__name__} fields (default: the edit's or the built-in value)")
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         want = hints[f.name]
+        rng, choices = field_range(cls, f.name), field_choices(cls, f.name)
+        limits = f", {rng.text()}" if rng else f", one of {', '.join(choices)}" if choices else ""
         if want is bool:
             group.add_argument(flag, dest=f"{cls.__name__}.{f.name}", action=argparse.BooleanOptionalAction, default=None,
                                help=f"(default {f.default})")
         else:
             group.add_argument(flag, dest=f"{cls.__name__}.{f.name}", type=want, default=None, metavar=want.__name__.upper(),
-                               help=f"(default {f.default})")
+                               help=f"(default {f.default}{limits})")
 
 
 def config_from_flags(args: argparse.Namespace, cls: type, base: Any = None) -> Any:
-    """`base` (default: `cls()`) with the fields given on the command line replaced."""
+    """`base` (default: `cls()`) with the fields given on the command line replaced; a value the config
+    refuses gives one InvalidEdit naming its flag."""
     base = base if base is not None else cls()
     changes = {f.name: getattr(args, f"{cls.__name__}.{f.name}", None) for f in dataclasses.fields(cls)}
-    return dataclasses.replace(base, **{k: v for k, v in changes.items() if v is not None})
+    given = {k: v for k, v in changes.items() if v is not None}
+    try:
+        return dataclasses.replace(base, **given)
+    except InvalidEdit as exc:
+        text = str(exc)
+        for name in given:
+            text = text.replace(f"{cls.__name__}.{name}", "--" + name.replace("_", "-"))
+        raise InvalidEdit(text) from None
 
 
 def seeds_from_args(args: argparse.Namespace) -> list[int]:
     """The image numbers named by --seeds, or by --seed and --samples."""
-    from .latents import MAX_SEED, parse_seeds
+    from .latents import parse_seeds
 
     if getattr(args, "seeds", None):
         return parse_seeds(args.seeds)
-    if args.samples < 1:
-        raise RewriteError("--samples must be at least 1")
-    if args.seed < 0 or args.seed + args.samples - 1 > MAX_SEED:
+    if args.seed + args.samples - 1 > MAX_SEED:
         raise RewriteError(f"--seed and --samples must name seeds from 0 to {MAX_SEED}")
     return list(range(args.seed, args.seed + args.samples))
 
@@ -103,3 +136,20 @@ def with_flags(spec: Any, delta: Any, args: argparse.Namespace) -> tuple[Any, An
     if any(cfg != getattr(spec, name) for name, cfg in changed.items()) or getattr(args, "resolve", False):
         return dataclasses.replace(spec, **changed), None
     return spec, delta
+
+
+def input_files(rw: Any, paths: list[Path]) -> list[Path]:
+    """The files a command reads: the edit files, their factors, and the model's checkpoint."""
+    from .edits import factors_path
+
+    files = [*paths, *(factors_path(p) for p in paths)]
+    return files + ([Path(rw.info.origin.path)] if rw.info.origin is not None else [])
+
+
+def check_heat_direction(args: argparse.Namespace, specs: list[Any]) -> None:
+    """--heat-direction must name one of every edit's directions (checked before any work)."""
+    heat = config_from_flags(args, RenderConfig).heat_direction
+    for spec in specs:
+        if heat >= spec.keys.rank:
+            raise InvalidEdit(f"--heat-direction {heat} is out of range: edit {spec.name or '(unnamed)'} has rank "
+                              f"{spec.keys.rank}, so its directions are numbered 0 to {spec.keys.rank - 1}")

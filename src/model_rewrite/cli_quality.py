@@ -5,22 +5,25 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import Any
 
-from .cli_flags import (add_common, add_config_flags, adopt_latents, config_from_flags, load_edit_for, rewriter_from_args,
-                        seeds_from_args, with_flags)
-from .config import KeyConfig, RenderConfig, StatsConfig, UpdateConfig
+from .cli_flags import (add_common, add_config_flags, adopt_latents, config_from_flags, input_files, load_edit_for,
+                        rewriter_from_args, seeds_from_args, with_flags)
+from .config import MAX_RANK, KeyConfig, RenderConfig, StatsConfig, UpdateConfig
 from .errors import RewriteError
 
 
 def cmd_suggest(args: argparse.Namespace) -> int:
-    from .cache import atomic_write_bytes
+    from .cache import atomic_write_bytes, json_bytes
+    from .outdir import check_output_folder, staged_folder
     from .run_edits import Progress, apply_edits
 
     rw = rewriter_from_args(args)
+    out = Path(args.out)
+    seeds, render = seeds_from_args(args), config_from_flags(args, RenderConfig)  # checked before any work
+    check_output_folder(out, input_files(rw, [Path(args.edit)]))
     spec, _ = with_flags(*load_edit_for(rw, Path(args.edit), args), args)
     adopt_latents(rw, [spec], args)
     rw.check_edit(spec)
@@ -28,8 +31,8 @@ def cmd_suggest(args: argparse.Namespace) -> int:
         ranks = [int(r) for r in args.ranks.split(",") if r.strip()]
     except ValueError:
         raise RewriteError(f"--ranks must be a comma-separated list of integers, got {args.ranks!r}") from None
-    if not ranks or min(ranks) < 1:
-        raise RewriteError("--ranks must name ranks of at least 1, e.g. 1,2,4")
+    if not ranks or min(ranks) < 1 or max(ranks) > MAX_RANK:
+        raise RewriteError(f"--ranks must name ranks from 1 to {MAX_RANK}, e.g. 1,2,4")
     layers = [name.strip() for name in args.layers.split(",") if name.strip()] if args.layers else None
     bars: dict[str, Progress] = {}
 
@@ -38,8 +41,8 @@ def cmd_suggest(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     try:
-        cands = rw.suggest(spec, layers=layers, ranks=ranks, refine=args.refine, seeds=seeds_from_args(args),
-                           config=config_from_flags(args, RenderConfig), progress=progress)
+        cands = rw.suggest(spec, layers=layers, ranks=ranks, refine=args.refine, seeds=seeds, config=render,
+                           progress=progress)
     finally:
         for bar in bars.values():
             bar.close()
@@ -52,21 +55,22 @@ def cmd_suggest(args: argparse.Namespace) -> int:
         print(f"{c.layer:<10}{c.rank:>5}{fmt(d['score']):>8}{fmt(d['transfer']):>10}{fmt(d['paste_fidelity']):>10}"
               f"{fmt(d['locality'], '.1f'):>10}{fmt(d['collateral'], '.3f'):>12}{d['seconds']:>9.2f}"
               + (f"  ({c.error})" if c.error else ""))
-    out = Path(args.out)
     best = cands[0]
+    if args.apply_best and best.quality is None:
+        raise RewriteError(f"no layer and rank could be solved for {args.edit}: {best.error}")
     result = {"edit": str(args.edit), "seconds": round(seconds, 3), "best": {"layer": best.layer, "rank": best.rank},
               "candidates": [c.to_dict() for c in cands]}
-    atomic_write_bytes(out / "suggest.json", json.dumps(result, indent=1).encode())
-    print(f"best: layer {best.layer}, rank {best.rank} ({seconds:.1f}s in all); wrote {out}/suggest.json")
-    if args.apply_best:
-        if best.quality is None:
-            raise RewriteError(f"no layer and rank could be solved for {args.edit}: {best.error}")
-        chosen = dataclasses.replace(spec, layer=best.layer, keys=dataclasses.replace(spec.keys, rank=best.rank))
-        summary = apply_edits(rw, [(Path(args.edit), chosen, None)], seeds_from_args(args), out,
-                              render=config_from_flags(args, RenderConfig), quiet=args.quiet, scale=args.scale)
-        for line in summary["edits"][0]["quality"]["lines"]:
-            print(f"  {line}")
-        print(f"applied it: wrote {out}/grid.png, {out}/report.json and the edited weights {summary['weights']}")
+    with staged_folder(out) as tmp:  # `out` is replaced as a whole, as the last step
+        atomic_write_bytes(tmp / "suggest.json", json_bytes(result))
+        print(f"best: layer {best.layer}, rank {best.rank} ({seconds:.1f}s in all); writing {out}/suggest.json")
+        if args.apply_best:
+            chosen = dataclasses.replace(spec, layer=best.layer, keys=dataclasses.replace(spec.keys, rank=best.rank))
+            summary = apply_edits(rw, [(Path(args.edit), chosen, None)], seeds, tmp, render=render, quiet=args.quiet,
+                                  scale=args.scale)
+            for line in summary["edits"][0]["quality"]["lines"]:
+                print(f"  {line}")
+            print(f"applied it: writing {out}/grid.png, {out}/report.json and the edited weights "
+                  f"{out / Path(summary['weights']).name}")
     return 0
 
 

@@ -9,8 +9,8 @@ place for it. `safetensors` writes our own file (models/formats/exported.py), me
 
 from __future__ import annotations
 
-import json
 import os
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .cache import atomic_write_bytes
+from .cache import json_bytes, stage
 from .errors import ExportError
 from .models import load_generator
 from .models.formats.dcgan import load_dcgan_file, write_dcgan
@@ -28,6 +28,7 @@ from .models.formats.nvidia import load_nvidia_pickle
 from .models.formats.nvidia_writer import write_nvidia_pickle
 from .models.formats.progan import load_progan_checkpoint, write_progan
 from .models.formats.rosinality import load_rosinality, write_rosinality
+from .models.checkpoint import sha256_file
 from .models.info import ModelInfo, ModelOrigin, fingerprint_model
 
 __all__ = ["EXPORT_FORMATS", "EXPORT_VERSION", "ExportResult", "FormatWriter", "WRITERS", "check_export", "choose_format",
@@ -57,12 +58,14 @@ WRITERS: dict[str, FormatWriter] = {
 @dataclass(frozen=True)
 class ExportResult:
     """What an export wrote: the file, its format (an origin format or "safetensors"), the tensors it
-    changed (file keys; empty for safetensors) and the metadata sidecar (None when the file holds it)."""
+    changed (file keys; empty for safetensors), the metadata sidecar (None when the file holds it) and, when
+    the export was checked before it was published, the max difference of the reloaded file's images."""
 
     path: Path
     format: str
     changed: tuple[str, ...] = ()
     sidecar: Path | None = None
+    max_difference: float | None = None
 
 
 def sidecar_path(path: str | Path) -> Path:
@@ -106,25 +109,52 @@ def _refuse_overwriting(info: ModelInfo, out: Path) -> None:
 
 
 def export_edited(model: nn.Module, info: ModelInfo, out: str | Path, edits: Sequence[Any] = (), fmt: str | None = None,
-                  also_g: bool = False) -> ExportResult:
+                  also_g: bool = False, check_latents: torch.Tensor | None = None) -> ExportResult:
     """Write the (edited) `model`, loaded as `info`, to `out` in `fmt` ("same", "safetensors", or None for
-    `choose_format`'s default). Atomic; refuses to overwrite the input file."""
+    `choose_format`'s default); refuses to overwrite the input file.
+
+    The file (and its sidecar) are written to temporaries beside `out` first; with `check_latents`, the
+    temporary is reloaded by our loader and must render exactly the images of `model` on them (else
+    ExportError, and nothing is published). Then the file and the sidecar are renamed into place; the sidecar
+    holds the file's sha256, so the pair can be checked. `out` is never half-written, and a check is never
+    disturbed by another process writing the same `out`."""
     out = Path(out)
     written = choose_format(info, out, fmt)
-    if written == "safetensors":
-        if also_g:
-            raise ExportError("--also-g applies to --format same (a checkpoint with a training generator beside g_ema)")
-        return ExportResult(export_model(model, info, out, edits), "safetensors")
-    assert info.origin is not None
-    changed = WRITERS[written].write(Path(info.origin.path), model, out, also_g)
-    arch = getattr(model, "architecture", None)
-    meta = {"version": EXPORT_VERSION, "format": written, "file": out.name, "base_model": info.model_id,
-            "base_file": info.origin.path, "sampling_options": info.origin.options, "base_fingerprint": info.fingerprint,
-            "fingerprint": fingerprint_model(model), "architecture": arch() if callable(arch) else None,
-            "changed_tensors": changed, "edits": list(edits)}
-    sidecar = sidecar_path(out)
-    atomic_write_bytes(sidecar, json.dumps(meta, indent=1).encode())
-    return ExportResult(out, written, tuple(changed), sidecar)
+    if written == "safetensors" and also_g:
+        raise ExportError("--also-g applies to --format same (a checkpoint with a training generator beside g_ema)")
+    tmp = out.with_name(f".{out.name}.{secrets.token_hex(4)}.tmp{out.suffix}")
+    side_tmp = None
+    try:
+        if written == "safetensors":
+            export_model(model, info, tmp, edits)
+            changed: list[str] = []
+        else:
+            assert info.origin is not None
+            changed = WRITERS[written].write(Path(info.origin.path), model, tmp, also_g)
+        diff = None
+        if check_latents is not None:
+            diff = check_export(model, ExportResult(tmp, written), check_latents, info)
+            if diff != 0.0:
+                raise ExportError(f"the written file does not reproduce the edited model (reloaded max difference "
+                                  f"{diff:.2e}); nothing was written to {out}")
+        sidecar = None
+        if written != "safetensors":
+            assert info.origin is not None
+            arch = getattr(model, "architecture", None)
+            meta = {"version": EXPORT_VERSION, "format": written, "file": out.name, "file_sha256": sha256_file(tmp),
+                    "base_model": info.model_id, "base_file": info.origin.path, "sampling_options": info.origin.options,
+                    "base_fingerprint": info.fingerprint, "fingerprint": fingerprint_model(model),
+                    "architecture": arch() if callable(arch) else None, "changed_tensors": changed, "edits": list(edits)}
+            sidecar = sidecar_path(out)
+            side_tmp = stage(sidecar, lambda f: f.write(json_bytes(meta)))
+        os.replace(tmp, out)  # published last, the file then its sidecar
+        if side_tmp is not None:
+            os.replace(side_tmp, sidecar)
+    finally:
+        tmp.unlink(missing_ok=True)
+        if side_tmp is not None:
+            side_tmp.unlink(missing_ok=True)
+    return ExportResult(out, written, tuple(changed), sidecar, diff)
 
 
 def reload_export(result: ExportResult, info: ModelInfo | None = None) -> nn.Module:

@@ -17,9 +17,10 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
+from .config import MAX_SEED
 from .errors import InvalidEdit
 
-MAX_SEED = 2**31 - 1
+__all__ = ["MAX_SEED", "MAX_SEED_LIST", "latent_from_seed", "latent_stream", "latents_from_seeds", "parse_seeds"]
 MAX_SEED_LIST = 100_000  # seeds one specification may name
 LATENT_SCHEMES = ("seeds", "paper")  # how image numbers become latents (see the module docstring)
 PAPER_SEED = 1  # the authors' RandomState seed (z_dataset_for_model's default)

@@ -6,7 +6,10 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import warnings
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,7 +19,10 @@ from .errors import InvalidEdit
 from .render import png_bytes
 
 Box = tuple[int, int, int, int]  # (y0, y1, x0, x1), half-open
-MAX_MASK_SIDE = 4096
+MAX_MASK_SIDE = 2048  # the largest mask read when the model (and so the image size) is not known
+MAX_REQUEST_PIXELS = 16 * 1024 * 1024  # mask pixels one web request may decode in all (16 masks of 1024x1024)
+PNG_PREFIX = "data:image/png;base64,"
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def mask_from_image(img: "Image.Image") -> torch.Tensor:  # noqa: F821
@@ -31,23 +37,80 @@ def mask_from_image(img: "Image.Image") -> torch.Tensor:  # noqa: F821
     return torch.from_numpy(np.asarray(img.convert("L")).astype(np.float32) / 255.0)
 
 
-def mask_from_data_url(url: str) -> torch.Tensor:
-    """Decode a `data:image/png;base64,...` URL into a soft mask (H, W) in [0, 1]."""
-    from PIL import Image
+def png_size(head: bytes) -> tuple[int, int]:
+    """(width, height) from the first 24 bytes of a PNG (its signature and IHDR chunk), read without
+    decoding anything; InvalidEdit when the bytes are not the start of a PNG."""
+    if len(head) < 24 or head[:8] != _PNG_SIGNATURE or head[12:16] != b"IHDR":
+        raise InvalidEdit("mask data is not a readable image: it does not start with a PNG header (masks are PNGs)")
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
 
-    if not isinstance(url, str) or not url.startswith("data:image/") or ";base64," not in url:
+
+def data_url_png_size(url: Any) -> tuple[int, int]:
+    """(width, height) a PNG data URL claims in its header: only its first 32 base64 characters are decoded."""
+    if not isinstance(url, str) or not url.startswith(PNG_PREFIX):
         raise InvalidEdit("a mask must be a PNG data URL ('data:image/png;base64,...')")
     try:
-        raw = base64.b64decode(url.split(";base64,", 1)[1], validate=True)
-        img = Image.open(io.BytesIO(raw))
-        if max(img.size) > MAX_MASK_SIDE:
-            raise InvalidEdit(f"mask is {img.size[0]}x{img.size[1]} pixels; the limit is {MAX_MASK_SIDE}")
-        img.load()
-    except InvalidEdit:
-        raise
-    except (binascii.Error, OSError, ValueError) as exc:
-        raise InvalidEdit(f"mask data URL is not a readable image: {exc}") from None
-    return mask_from_image(img)
+        head = base64.b64decode(url[len(PNG_PREFIX) : len(PNG_PREFIX) + 32], validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidEdit("mask data URL is not valid base64") from None
+    return png_size(head)
+
+
+def check_mask_size(size: tuple[int, int], max_side: int | None, what: str = "mask") -> int:
+    """The pixel count of a mask of `size` (w, h); InvalidEdit when a side is 0 or over `max_side` (the
+    model's image side; MAX_MASK_SIDE when not known)."""
+    limit = min(max_side, MAX_MASK_SIDE) if max_side else MAX_MASK_SIDE
+    w, h = size
+    if not 0 < w <= limit or not 0 < h <= limit:
+        raise InvalidEdit(f"{what} is {w}x{h} pixels, over the limit of {limit}x{limit}: paint masks at the "
+                          "image's size")
+    return w * h
+
+
+def check_mask_budget(urls: Iterable[Any], max_side: int | None, max_pixels: int = MAX_REQUEST_PIXELS) -> None:
+    """Refuse, before decoding any, masks whose headers claim more than `max_side` on a side or more than
+    `max_pixels` in all (the work one request may cost)."""
+    total = 0
+    for i, url in enumerate(urls):
+        total += check_mask_size(data_url_png_size(url), max_side, f"mask {i}")
+        if total > max_pixels:
+            raise InvalidEdit(f"the masks of this request hold over {max_pixels} pixels in all; send fewer masks "
+                              "(each at the image's size)")
+
+
+def _decode_png(raw: bytes, max_side: int | None, what: str) -> torch.Tensor:
+    """A soft mask from PNG bytes; the size in the header is checked before anything is decoded."""
+    from PIL import Image
+
+    check_mask_size(png_size(raw[:24]), max_side, what)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's DecompressionBombWarning: the size is checked above
+            with Image.open(io.BytesIO(raw), formats=["PNG"]) as img:
+                img.load()
+                return mask_from_image(img)
+    except Exception as exc:  # noqa: BLE001 -- Pillow raises many types (OSError, SyntaxError, zlib.error...)
+        raise InvalidEdit(f"{what} is not a readable image ({type(exc).__name__}: {exc})") from None
+
+
+def mask_from_data_url(url: Any, max_side: int | None = None) -> torch.Tensor:
+    """Decode a `data:image/png;base64,...` URL into a soft mask (H, W) in [0, 1]. The PNG's header is read
+    first: a mask over `max_side` (the model's image side, if known) on a side is refused undecoded."""
+    data_url_png_size(url)
+    try:
+        raw = base64.b64decode(url[len(PNG_PREFIX) :], validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidEdit("mask data URL is not valid base64") from None
+    return _decode_png(raw, max_side, "mask")
+
+
+def mask_from_png(path: str | Path, max_side: int | None = None) -> torch.Tensor:
+    """A soft mask from a PNG file (alpha if present, else luminance), its header checked first."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise InvalidEdit(f"cannot read mask {path}: {exc.strerror or exc}") from None
+    return _decode_png(raw, max_side, f"mask {path}")
 
 
 def mask_from_png_data_url(url: object, what: str) -> torch.Tensor:
@@ -81,18 +144,6 @@ def fit_mask(mask: torch.Tensor, resolution: int, what: str) -> torch.Tensor:
     if h == resolution:
         return mask
     return (resize_mask(mask, resolution).clamp(0, 1) * 255).round() / 255
-
-
-def mask_from_png(path: str | Path) -> torch.Tensor:
-    """A soft mask from a PNG file (alpha if present, else luminance)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return mask_from_image(img)
-    except OSError as exc:
-        raise InvalidEdit(f"cannot read mask {path}: {exc}") from None
 
 
 def png_bytes_from_mask(mask: torch.Tensor) -> bytes:

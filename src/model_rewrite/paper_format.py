@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import UpdateConfig
-from .edits import EditSpec, Selection, load_edit, read_edit_json
+from .edits import EditSpec, Selection, check_made_for, load_edit, read_edit_json
 from .errors import InvalidEdit
 from .masks import fit_mask, mask_from_png_data_url
 from .update import LowRankDelta
@@ -111,7 +111,9 @@ def read_edit_or_request(path: str | Path, *, model: str, fingerprint: str, laye
                                            latents=latents, name=path.stem), None
         except InvalidEdit as exc:
             raise InvalidEdit(f"{path}: {exc}") from None
-    spec, delta = load_edit(path)
+    if isinstance(data, dict) and "fingerprint" in data:  # the wrong model is named before any mask is decoded
+        check_made_for(data.get("name"), data.get("model"), data.get("fingerprint"), model, fingerprint)
+    spec, delta = load_edit(path, max_side=resolution)
     if layer and layer != spec.layer:
         raise InvalidEdit(f"--layer {layer} differs from the edit's layer {spec.layer}; drop --layer")
     return spec, delta

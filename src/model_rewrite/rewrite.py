@@ -13,14 +13,14 @@ from torch import nn
 from .cache import Store
 from .config import KeyConfig, StatsConfig, UpdateConfig
 from .directions import key_directions
-from .edits import EditSpec, Selection
+from .edits import EditSpec, Selection, check_made_for
 from .errors import IncompatibleEdit, InvalidEdit, SolveError
 from .goals import Goal, Observation, context_keys, copy_paste_goal, erase_goal, erase_units, observe, render_values
 from .hooks import get_module
 from .latents import check_latent_scheme, latents_for
 from .layers import LayerSpec, editable_layers, layer_aliases, resolve_layer
 from .masks import check_mask
-from .models import ModelInfo, load_generator, model_info
+from .models import ModelInfo, check_device, load_generator, model_info
 from .render import generate
 from .search import heat_maps, key_maps
 from .solve import SolveResult, StepCallback, solve_update
@@ -59,7 +59,7 @@ class Rewriter:
                  info: ModelInfo | None = None, latents: str = "seeds") -> None:
         self.latent_scheme = check_latent_scheme(latents)
         if isinstance(model, nn.Module):
-            self.model = model.to(device).eval()
+            self.model = model.to(check_device(device)).eval()
             self.info = info or model_info(self.model, "custom", "in memory")
         else:
             self.model, self.info = load_generator(model, device)
@@ -139,11 +139,7 @@ class Rewriter:
         layer, masks at the image size, image numbers in this Rewriter's latent scheme.
         IncompatibleEdit / InvalidEdit name the loaded model. Returns the edit, with its layer under our
         name if it was given by an alias."""
-        if edit.fingerprint != self.info.fingerprint:
-            raise IncompatibleEdit(
-                f"edit {edit.name or '(unnamed)'} was made for model {edit.model!r} with fingerprint "
-                f"{edit.fingerprint}, but the loaded model {self.info.model_id!r} has fingerprint "
-                f"{self.info.fingerprint}; load the model the edit was made for (--model {edit.model})")
+        check_made_for(edit.name, edit.model, edit.fingerprint, self.info.model_id, self.info.fingerprint)
         names = [s.name for s in editable_layers(self.model)]
         canonical = layer_aliases(self.model).get(edit.layer, edit.layer)
         if canonical not in names:

@@ -4,7 +4,6 @@ told otherwise, the edited weights. Used by the `apply` and `replay-paper` comma
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -75,7 +74,7 @@ def apply_edits(rw: Any, edits: Sequence[tuple[Path, EditSpec, LowRankDelta | No
     (`edit.json` + factors, or `<stem>.json` when there are several), its grid and report.json (returned).
     The report measures each edit on the images `seeds` (report.measure_edit, and quality.quality_report under
     "quality"); `save_weights` also exports the edited model as `model.safetensors`."""
-    from .cache import atomic_write_bytes
+    from .cache import atomic_write_bytes, json_bytes
     from .edits import save_edit
     from .render import image_grid, overlay, save_png, to_uint8
     from .quality import quality_report
@@ -118,5 +117,5 @@ def apply_edits(rw: Any, edits: Sequence[tuple[Path, EditSpec, LowRankDelta | No
 
         summary["weights"] = str(export_model(rw.model, rw.info, out / "model.safetensors", [r["edit"] for r in reports]))
     summary["all_edits_mean_change"] = float((rw.sample(seeds) - before).abs().mean())
-    atomic_write_bytes(out / "report.json", json.dumps(summary, indent=1).encode())
+    atomic_write_bytes(out / "report.json", json_bytes(summary))
     return summary

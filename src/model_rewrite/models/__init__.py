@@ -9,7 +9,7 @@ from __future__ import annotations
 from .formats.dcgan import FACES_INSTALL, FACES_SHA256, faces_checkpoint_path, load_dcgan_checkpoint
 from .formats.exported import load_exported
 from .info import ModelInfo, fingerprint_model, model_info
-from .registry import DEFAULT_MODEL, FORMATS, ModelFormat, load_generator
+from .registry import DEFAULT_MODEL, FORMATS, ModelFormat, check_device, load_generator
 
-__all__ = ["DEFAULT_MODEL", "FACES_INSTALL", "FACES_SHA256", "FORMATS", "ModelFormat", "ModelInfo", "faces_checkpoint_path",
+__all__ = ["DEFAULT_MODEL", "FACES_INSTALL", "FACES_SHA256", "FORMATS", "ModelFormat", "ModelInfo", "check_device", "faces_checkpoint_path",
            "fingerprint_model", "load_dcgan_checkpoint", "load_exported", "load_generator", "model_info"]

@@ -106,7 +106,14 @@ class GeneratorAdapter(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W) in [-1, 1] from latents z (B, *latent_shape)."""
         args = self._input_from_latent(z) if self._input_from_latent is not None else z
-        out = self.net(*args) if isinstance(args, tuple) else self.net(args)
+        try:
+            out = self.net(*args) if isinstance(args, tuple) else self.net(args)
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:  # e.g. a matmul of the wrong shapes
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ModelLoadError(
+                f"{type(self.net).__name__} failed on latents of shape {tuple(z.shape)} (latent_shape="
+                f"{self.latent_shape}{', through input_from_latent' if self._input_from_latent else ''}): {first}; "
+                "check that latent_shape is the shape of one input the network takes") from None
         img = self._image_from_output(out) if self._image_from_output is not None else out
         if not isinstance(img, torch.Tensor) or img.dim() != 4 or img.shape[1] != 3 or img.shape[2] != img.shape[3]:
             got = tuple(img.shape) if isinstance(img, torch.Tensor) else type(img).__name__

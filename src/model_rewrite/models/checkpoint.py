@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import copy
 import hashlib
+import re
+import warnings
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,21 +20,38 @@ from ..cache import atomic_write
 from ..errors import ModelLoadError
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def check_file(path: Path, what: str) -> None:
+    """ModelLoadError unless `path` is a non-empty regular file (`what` names the format expected)."""
+    if not path.is_file():
+        raise ModelLoadError(f"no {what} at {path}")
+    if path.stat().st_size == 0:
+        raise ModelLoadError(f"{path} is empty (0 bytes), so it cannot be {what}; was a download or copy interrupted?")
+
+
 def read_torch_checkpoint(path: str | Path) -> Any:
     """torch.load with weights_only=True: nothing in the file is executed (argparse.Namespace is allowed,
-    for the `args` of rosinality's train.py checkpoints)."""
+    for the `args` of rosinality's train.py checkpoints). A refused file's message names the Python global
+    it references; torch's warnings are not printed (the error says what matters)."""
     path = Path(path)
-    if not path.is_file():
-        raise ModelLoadError(f"no checkpoint file at {path}")
+    check_file(path, "a torch checkpoint")
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with warnings.catch_warnings(), torch.serialization.safe_globals([argparse.Namespace]):
+            warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 -- torch raises many types for bad or unsafe files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = _ANSI.sub("", str(exc))
+        refused = re.search(r"GLOBAL ([\w.]+)", text)
+        if refused:
+            raise ModelLoadError(
+                f"refused to load {path}: it references the Python global {refused.group(1)}, which a checkpoint of "
+                "plain tensors does not need; nothing in it was run (only state dicts of tensors are read)") from None
+        first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
         raise ModelLoadError(
-            f"cannot read {path} as a torch checkpoint with weights_only=True ({first}); the file may be "
-            "truncated, not a checkpoint, or hold objects other than tensors (only plain state dicts are read)"
-        ) from None
+            f"cannot read {path} as a torch checkpoint ({type(exc).__name__}: {first}); the file may be truncated, "
+            "not a checkpoint, or hold objects other than tensors (only plain state dicts are read)") from None
 
 
 def sha256_file(path: str | Path) -> str:
@@ -44,23 +63,27 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def load_strict(model: nn.Module, sd: dict[str, torch.Tensor], source: object) -> None:
-    """Load `sd` into `model` only if it fits exactly: the same keys, the same shapes, finite floats.
+def load_strict(model: nn.Module, sd: dict[str, Any], source: object, names: Mapping[str, str] | None = None) -> None:
+    """Load `sd` into `model` only if it fits exactly: the same keys, tensors of the same shapes, finite floats.
 
-    The error names the first missing, unexpected and mis-shaped keys, so a file of another
-    architecture (or another size) is refused with the reason rather than half-loaded."""
+    The error names the file (`source`) and its first missing, unexpected and mis-shaped keys in the file's own
+    naming (`names`: our key -> the file's, for formats whose keys we rename), so a file of another architecture
+    (or another size) is refused with the reason rather than half-loaded."""
     own = model.state_dict()
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    bad = sorted(k for k in set(own) & set(sd) if own[k].shape != sd[k].shape)
-    if missing or unexpected or bad:
-        raise ModelLoadError(
-            f"{source} does not match the architecture: missing {missing[:5]}, unexpected {unexpected[:5]}, "
-            f"wrong shapes {[(k, tuple(sd[k].shape), tuple(own[k].shape)) for k in bad[:5]]}"
-        )
+    theirs = lambda k: names.get(k, k) if names else k  # noqa: E731
+    missing = sorted(theirs(k) for k in set(own) - set(sd))
+    unexpected = sorted(theirs(k) for k in set(sd) - set(own))
+    not_tensors = sorted(theirs(k) for k in set(own) & set(sd) if not isinstance(sd[k], torch.Tensor))
+    bad = sorted(k for k in set(own) & set(sd) if isinstance(sd[k], torch.Tensor) and own[k].shape != sd[k].shape)
+    if missing or unexpected or bad or not_tensors:
+        parts = [f"missing {missing[:5]}" if missing else "", f"unexpected {unexpected[:5]}" if unexpected else "",
+                 f"not tensors {not_tensors[:5]}" if not_tensors else "",
+                 "wrong shapes " + ", ".join(f"{theirs(k)} is {list(sd[k].shape)}, expected {list(own[k].shape)}"
+                                             for k in bad[:5]) if bad else ""]
+        raise ModelLoadError(f"{source} does not match the architecture: {'; '.join(p for p in parts if p)}")
     for k, v in sd.items():
         if v.is_floating_point() and not torch.isfinite(v).all():
-            raise ModelLoadError(f"{source}: tensor {k} holds NaN or infinite values")
+            raise ModelLoadError(f"{source}: tensor {theirs(k)} holds NaN or infinite values")
     model.load_state_dict(sd)
 
 

@@ -96,6 +96,23 @@ def find_format(name: str) -> tuple[ModelFormat, str]:
                          "see docs/models.md")
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """The torch device named `device`, if this machine has it; ModelLoadError naming the fix otherwise."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ModelLoadError(f"unknown device {device!r}: use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        have = f"{torch.cuda.device_count()} CUDA device(s)" if torch.cuda.is_available() else "no CUDA device"
+        raise ModelLoadError(f"device {device!r} is not available: this machine has {have} (or torch was built "
+                             "without CUDA); use --device cpu")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError(f"device {device!r} is not available on this machine; use --device cpu")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ModelLoadError(f"device {device!r} cannot run the models: use cpu, cuda, cuda:N or mps")
+    return dev
+
+
 def load_generator(model: str | Path = DEFAULT_MODEL, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelInfo]:
     """Load a generator by name (`"faces"`, `"tiny"`) or path, in eval mode, with its ModelInfo.
 
@@ -105,6 +122,7 @@ def load_generator(model: str | Path = DEFAULT_MODEL, device: str | torch.device
     The accepted forms are the table FORMATS.
     """
     name = str(model)
+    check_device(device)  # before any file is read
     fmt, arg = find_format(name)
     net, source, origin = fmt.load(arg)
     net = net.to(device).eval()

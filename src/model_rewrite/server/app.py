@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -17,11 +18,13 @@ from ..config import KeyConfig, RenderConfig, StatsConfig, UpdateConfig, config_
 from ..edits import EDIT_FORMAT, EDIT_VERSION, EditSpec, Selection, selection_from_dict
 from ..errors import IncompatibleEdit, InvalidEdit, RewriteError
 from ..latents import parse_seeds
+from ..masks import check_mask_budget
 from ..render import data_url
 from ..rewrite import Rewriter
 from ..stack import StackEntry
 from . import schemas as S
-from .errors import NameTaken, NotFound, SessionBusy
+from .errors import NameTaken, NotFound, SessionBusy, StorageError
+from .guards import BodyLimit, SameOriginJSON, TrustedHostMiddleware, allowed_hosts
 from .jobs import Job
 from .session import EditSession
 
@@ -35,6 +38,8 @@ def _status_of(exc: RewriteError) -> int:
         return 404
     if isinstance(exc, (SessionBusy, NameTaken, IncompatibleEdit)):
         return 409
+    if isinstance(exc, StorageError):
+        return 500
     return 400
 
 
@@ -46,48 +51,24 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "invalid request: " + "; ".join(parts)
 
 
-class _BodyLimit:
-    """ASGI middleware: answer 413 to request bodies over `limit` bytes, declared or streamed."""
-
-    def __init__(self, app: Callable, limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length")
-        too_big = JSONResponse({"detail": f"request body over {self.limit // (1024 * 1024)} MiB; masks are small PNGs "
-                                          "at image resolution"}, status_code=413)
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await too_big(scope, receive, send)
-        if declared is not None:
-            return await self.app(scope, receive, send)
-        body, more = b"", True  # no declared length: buffer with a limit, then replay
-        while more:
-            msg = await receive()
-            if msg["type"] != "http.request":
-                return
-            body += msg.get("body", b"")
-            more = msg.get("more_body", False)
-            if len(body) > self.limit:
-                return await too_big(scope, receive, send)
-        sent = False
-
-        async def replay() -> dict:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-
 # --- conversions between the API's JSON and the core types ---------------------------------------
 
-def _selection(sel: S.SelectionIn, what: str) -> Selection:
-    return selection_from_dict(sel.model_dump(), what)
+def _selection(session: EditSession, sel: S.SelectionIn, what: str) -> Selection:
+    return selection_from_dict(sel.model_dump(), what, max_side=session.resolution)
+
+
+def _mask_urls(data: Any) -> list[Any]:
+    """The mask data URLs of an edit's JSON form (paste, copy, context), found without decoding them."""
+    if not isinstance(data, dict):
+        return []
+    sels = [data.get("paste"), data.get("copy"), *(data.get("context") or [] if isinstance(data.get("context"), list) else [])]
+    return [s["mask"] for s in sels if isinstance(s, dict) and "mask" in s]
+
+
+def _check_masks(session: EditSession, urls: list[Any]) -> None:
+    """Refuse, before any is decoded, masks larger than the model's image or more mask pixels in all than one
+    request may cost (masks.check_mask_budget)."""
+    check_mask_budget(urls, session.resolution)
 
 
 def _direction_configs(body: S.ContextIn) -> tuple[KeyConfig, StatsConfig]:
@@ -99,7 +80,8 @@ def _spec_from_input(session: EditSession, edit: S.EditIn) -> EditSpec:
     data = edit.model_dump(by_alias=True)
     data.update(format=EDIT_FORMAT, version=EDIT_VERSION, model=session.rw.info.model_id,
                 fingerprint=session.rw.info.fingerprint, latents=session.rw.latent_scheme)
-    spec = session.check_edit(EditSpec.from_dict(data))
+    _check_masks(session, _mask_urls(data))
+    spec = session.check_edit(EditSpec.from_dict(data, max_side=session.resolution))
     if spec.copy is None and not spec.update.erase:  # files may omit copy (erase); the page must say so
         raise InvalidEdit("paint a copy region, or turn on erase mode to remove what the context shows")
     return spec
@@ -124,8 +106,12 @@ def _image_url(state: str, seed: int) -> str:
     return f"/api/images/{state}/{seed}.png"
 
 
-def create_app(session: EditSession) -> FastAPI:
-    """The FastAPI app serving one EditSession: JSON endpoints under /api, the page at /."""
+def create_app(session: EditSession, host: str | None = None, hosts: Sequence[str] | None = None) -> FastAPI:
+    """The FastAPI app serving one EditSession: JSON endpoints under /api, the page at /.
+
+    It answers only requests whose Host is one of `hosts` (default: `guards.allowed_hosts(host)`, the
+    loopback names and the address the server was started for), and accepts a change (POST, DELETE) only
+    from its own origin, as JSON (guards.py)."""
     app = FastAPI(title="model-rewrite", version=__version__, docs_url=None, redoc_url=None,
                   openapi_url="/api/openapi.json")  # the docs pages would load scripts from a CDN
     app.state.session = session
@@ -185,15 +171,17 @@ def create_app(session: EditSession) -> FastAPI:
     @app.post("/api/preview", response_model=S.PreviewOut)
     def preview(body: S.PreviewIn) -> S.PreviewOut:
         """What the copy region takes, and the composite at the paste location with its box."""
-        out = session.preview(_selection(body.copy_, "copy"), _selection(body.paste, "paste") if body.paste else None,
-                              body.layer)
+        _check_masks(session, [body.copy_.mask] + ([body.paste.mask] if body.paste else []))
+        out = session.preview(_selection(session, body.copy_, "copy"),
+                              _selection(session, body.paste, "paste") if body.paste else None, body.layer)
         return S.PreviewOut(**out)
 
     @app.post("/api/search", response_model=S.SearchOut)
     def search(body: S.SearchIn) -> S.SearchOut:
         """Rank candidate seeds by how strongly the context direction fires on them."""
         candidates = parse_seeds(body.seeds, limit=S.MAX_SEARCH)
-        context = [_selection(s, f"context[{i}]") for i, s in enumerate(body.context)]
+        _check_masks(session, [s.mask for s in body.context])
+        context = [_selection(session, s, f"context[{i}]") for i, s in enumerate(body.context)]
         state, best = session.search(body.layer, context, *_direction_configs(body), candidates, body.top_k)
         return S.SearchOut(matches=[S.Match(seed=s, score=v, url=_image_url(state, s)) for s, v in best],
                            searched=len(candidates))
@@ -201,7 +189,8 @@ def create_app(session: EditSession) -> FastAPI:
     @app.post("/api/matches", response_model=S.MatchesOut)
     def matches(body: S.MatchesIn) -> S.MatchesOut:
         """Overlays of where the context fires on each image (above the quantile of the heat)."""
-        context = [_selection(s, f"context[{i}]") for i, s in enumerate(body.context)]
+        _check_masks(session, [s.mask for s in body.context])
+        context = [_selection(session, s, f"context[{i}]") for i, s in enumerate(body.context)]
         threshold, items = session.matches(body.layer, context, *_direction_configs(body), body.seeds, body.quantile, body.which)
         return S.MatchesOut(threshold=threshold, quantile=body.quantile,
                             overlays=[S.Overlay(seed=s, image=data_url(png), fraction=f) for s, png, f in items])
@@ -281,6 +270,7 @@ def create_app(session: EditSession) -> FastAPI:
     @app.post("/api/edits/import", response_model=S.SavedEditOut, status_code=201)
     def import_edit(body: S.ImportIn) -> S.SavedEditOut:
         """Store an edit file's JSON read by the browser (it is solved when loaded)."""
+        _check_masks(session, _mask_urls(body.edit))
         path = session.import_edit(body.name, body.edit, overwrite=body.overwrite)
         return _saved(path.stem)
 
@@ -313,8 +303,10 @@ def create_app(session: EditSession) -> FastAPI:
         return Response(data, media_type="application/octet-stream",
                         headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
-    app.add_middleware(_BodyLimit, limit=MAX_BODY_BYTES)
-    return app
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+    app.add_middleware(SameOriginJSON)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(hosts) if hosts is not None else allowed_hosts(host))
+    return app  # the middleware added last runs first: Host, then origin and content type, then the body's size
 
 
 def _display_host(host: str) -> str:
@@ -334,9 +326,11 @@ def serve(model: str, layer: str | None, host: str = "127.0.0.1", port: int = 0,
     """
     import uvicorn
 
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise RewriteError(f"port {port!r} is out of range: give 1 to 65535, or 0 for a free one")
     session = EditSession(Rewriter(model, device=device, cache_dir=cache_dir, latents=latents), layer=layer,
                           edits_dir=edits_dir if edits_dir is not None else Path.cwd() / "edits")
-    app = create_app(session)
+    app = create_app(session, host=host)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -1,4 +1,4 @@
-"""The web session's own errors; the app answers each with its HTTP status (404, 409)."""
+"""The web session's own errors; the app answers each with its HTTP status (404, 409, 500)."""
 
 from __future__ import annotations
 
@@ -15,3 +15,7 @@ class NotFound(RewriteError):
 
 class NameTaken(RewriteError):
     """Saving would overwrite an existing edit file without the overwrite flag (HTTP 409)."""
+
+
+class StorageError(RewriteError):
+    """A saved edit could not be written (permissions, full disk); nothing saved was changed (HTTP 500)."""

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from ..config import KeyConfig, StatsConfig, UpdateConfig
+from ..config import KeyConfig, StatsConfig, UpdateConfig, field_choices, field_range
 from ..latents import MAX_SEED
 
 MAX_MASK_CHARS = 1_000_000  # a PNG data URL of one mask; a 64x64 mask is a few kB
@@ -22,12 +22,19 @@ class _Strict(BaseModel):
 
 
 def _mirror(cls: type, name: str) -> type[BaseModel]:
-    """A pydantic model with the fields, types and defaults of a config dataclass (one source of truth).
-
-    Values are checked again by `config_from_dict`, which also applies the dataclass's range checks.
-    """
+    """A pydantic model with the fields, types, defaults, ranges and choices of a config dataclass (one source
+    of truth), so the OpenAPI schema documents them. Values are checked again by the dataclass itself."""
     hints = typing.get_type_hints(cls)
-    fields: dict[str, Any] = {f.name: (hints[f.name], f.default) for f in dataclasses.fields(cls)}
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        rng, choices = field_range(cls, f.name), field_choices(cls, f.name)
+        kind: Any = Literal[choices] if choices else hints[f.name]  # type: ignore[valid-type]
+        limits: dict[str, Any] = {}
+        if rng is not None:
+            limits = {"gt" if rng.lo_open else "ge": rng.lo, "lt" if rng.hi_open else "le": rng.hi}
+            if hints[f.name] is float:
+                kind = Annotated[float, Field(allow_inf_nan=False)]
+        fields[f.name] = (kind, Field(default=f.default, **limits))
     return create_model(name, __config__=ConfigDict(extra="forbid", strict=True), **fields)
 
 
@@ -193,6 +200,7 @@ class SavedEditOut(BaseModel):
     layer: str
     model: str
     has_factors: bool
+    readable: bool = True  # False: the file could not be read as an edit (`error` says why)
     compatible: bool
     error: str
     modified: float

@@ -56,7 +56,7 @@ class EditSession:
         self.lock = ModelLock()
         self.renderer = Renderer(rewriter, self.lock, self.nonce)
         self.context = ContextFinder(rewriter, self.renderer)
-        self.folder = EditFolder(edits_dir, rewriter.check_edit)
+        self.folder = EditFolder(edits_dir, rewriter.check_edit, max_side=rewriter.info.resolution)
 
     @property
     def resolution(self) -> int:
@@ -209,7 +209,7 @@ class EditSession:
 
     def import_edit(self, name: str, data: dict[str, Any], *, overwrite: bool = False) -> Path:
         """Validate an edit file's JSON and store it (without factors) under `name`."""
-        spec = self.rw.check_edit(EditSpec.from_dict(data))
+        spec = self.rw.check_edit(EditSpec.from_dict(data, max_side=self.resolution))
         return self.save(name, overwrite=overwrite, spec=spec)
 
     def saved_edits(self) -> list[dict[str, Any]]:

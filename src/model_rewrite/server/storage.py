@@ -11,15 +11,15 @@ from typing import Any
 from ..edits import EditSpec, factors_path, load_edit, save_edit
 from ..errors import InvalidEdit, RewriteError
 from ..update import LowRankDelta
-from .errors import NameTaken, NotFound
+from .errors import NameTaken, NotFound, StorageError
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,79}")  # the whole name (fullmatch): no newline slips past
 
 
 def check_save_name(name: str) -> str:
     """A safe edit-file stem: letters, digits, '_', '-', '.'; no path separators and no '..'."""
-    stem = name.removesuffix(".json")
-    if "/" in stem or "\\" in stem or ".." in stem or not NAME_RE.match(stem):
+    stem = name.removesuffix(".json") if isinstance(name, str) else ""
+    if "/" in stem or "\\" in stem or ".." in stem or not NAME_RE.fullmatch(stem):
         raise InvalidEdit(
             f"invalid edit name {name!r}: use 1-80 letters, digits, '_', '-' or '.', starting with a letter "
             "or digit, without path separators or '..'"
@@ -34,9 +34,10 @@ class EditFolder:
     Writes are serialised, so two saves under one name cannot interleave.
     """
 
-    def __init__(self, path: str | Path, check: Callable[[EditSpec], EditSpec]) -> None:
+    def __init__(self, path: str | Path, check: Callable[[EditSpec], EditSpec], max_side: int | None = None) -> None:
         self.path = Path(path)
         self.check = check
+        self.max_side = max_side  # the model's image side: larger masks in a file are refused undecoded
         self._lock = threading.Lock()
 
     def file(self, name: str) -> Path:
@@ -50,26 +51,38 @@ class EditFolder:
             fpath = factors_path(path)
             if (path.exists() or fpath.exists()) and not overwrite:
                 raise NameTaken(f"an edit named {path.stem!r} exists already; choose another name or save with overwrite")
-            if delta is None and fpath.exists():
-                fpath.unlink()  # a draft replacing a solved edit must not inherit its factors
-            return save_edit(path, spec, delta)
+            try:
+                return save_edit(path, spec, delta)  # atomic: on failure the saved edit stays as it was
+            except OSError as exc:
+                raise StorageError(f"could not save edit {path.stem!r} in {self.path} ({exc.strerror or exc}); "
+                                   "the saved edit of that name is unchanged: check the folder's permissions and "
+                                   "free space") from None
 
     def listing(self) -> list[dict[str, Any]]:
-        """The edit files, newest first, each with whether it fits this model (and why not)."""
-        if not self.path.is_dir():
+        """The edit files, newest first, each with whether it fits this model; an entry that cannot be read is
+        listed as unreadable, with the reason, and never hides the others."""
+        try:
+            paths = list(self.path.glob("*.json")) if self.path.is_dir() else []
+        except OSError:
             return []
-        return sorted((self._describe(p) for p in self.path.glob("*.json")), key=lambda d: -d["modified"])
+        return sorted((self._describe(p) for p in paths), key=lambda d: -d["modified"])
 
     def _describe(self, path: Path) -> dict[str, Any]:
-        item: dict[str, Any] = {"name": path.stem, "layer": "", "model": "", "has_factors": factors_path(path).exists(),
-                                "compatible": False, "error": "", "modified": path.stat().st_mtime}
+        item: dict[str, Any] = {"name": path.stem, "layer": "", "model": "", "has_factors": False, "readable": False,
+                                "compatible": False, "error": "", "modified": 0.0}
         try:
-            spec, _ = load_edit(path)
-            item.update(layer=spec.layer, model=spec.model)
+            item.update(modified=path.stat().st_mtime, has_factors=factors_path(path).is_file())
+            if not path.is_file():
+                raise InvalidEdit(f"{path.name} is not a file")
+            check_save_name(path.stem)
+            spec, _ = load_edit(path, max_side=self.max_side)
+            item.update(layer=spec.layer, model=spec.model, readable=True)
             self.check(spec)
             item["compatible"] = True
         except RewriteError as exc:
             item["error"] = str(exc)
+        except OSError as exc:
+            item["error"] = f"cannot read {path.name}: {exc.strerror or exc}"
         return item
 
     def read(self, name: str) -> tuple[EditSpec, LowRankDelta | None]:
@@ -77,4 +90,6 @@ class EditFolder:
         path = self.file(name)
         if not path.exists():
             raise NotFound(f"no saved edit named {path.stem!r} in {self.path}")
-        return load_edit(path)
+        if not path.is_file():
+            raise InvalidEdit(f"{path} is not an edit file (it is a folder or a device)")
+        return load_edit(path, max_side=self.max_side)

@@ -74,14 +74,25 @@ def load_dcgan_checkpoint(path: str | Path, expected_sha256: str | None = None) 
                 f"the file is damaged or another version: reinstall with `{FACES_INSTALL}`"
             )
     sd = _generator_state_dict(read_torch_checkpoint(path), path)
+    not_tensors = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
+    convs = [k for k in sd if k.endswith(".weight") and k not in not_tensors and sd[k].dim() == 4]
+    if not_tensors or "main.0.weight" not in convs or len(convs) < 2:
+        raise ModelLoadError(f"{path}: a DCGAN generator state dict holds 4-D conv weights main.N.weight (from "
+                             f"main.0.weight) and tensors only; found {len(convs)} conv weight(s)"
+                             + (f", and non-tensors at {not_tensors[:5]}" if not_tensors else ""))
     nz, c0 = sd["main.0.weight"].shape[:2]
-    convs = [k for k in sd if k.endswith(".weight") and sd[k].dim() == 4]
     resolution = 4 * 2 ** (len(convs) - 1)
     nc = sd[convs[-1]].shape[1]
-    ngf = c0 // 2 ** (len(convs) - 2)
+    ngf = max(1, c0 // 2 ** (len(convs) - 2))
     model = DCGANGenerator(nz=nz, ngf=ngf, nc=nc, resolution=resolution)
-    load_strict(model, state_dict_from_sequential(sd, model), path)
+    load_strict(model, state_dict_from_sequential(sd, model), path, names={k: dcgan_name(k, model) for k in model.state_dict()})
     return model.eval()
+
+
+def dcgan_name(ours: str, model: DCGANGenerator) -> str:
+    """The checkpoint's `main.N.*` key of our key (the inverse of `dcgan_key`), for messages in the file's naming."""
+    block, part, rest = ours.split(".", 2)
+    return f"main.{3 * model.block_names.index(block) + (0 if part == 'conv' else 1)}.{rest}"
 
 
 def load_faces() -> tuple[DCGANGenerator, str, ModelOrigin]:

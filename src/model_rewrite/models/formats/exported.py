@@ -11,7 +11,7 @@ from torch import nn
 
 from ...cache import save_tensors
 from ...errors import ModelLoadError
-from ..checkpoint import load_strict
+from ..checkpoint import check_file, load_strict
 from ..dcgan import DCGANGenerator
 from ..info import ModelInfo, ModelOrigin, fingerprint_model
 from ..progan import ProGANGenerator
@@ -46,11 +46,11 @@ def rebuild(kind: Any, arch: dict[str, Any], path: Path) -> nn.Module:
     if kind == "adapter":
         raise ModelLoadError(f"{path} holds the weights of an adapted custom generator: rebuild your module and "
                              "load them with safetensors.torch.load_file (see docs/models.md)")
-    if kind not in REBUILDABLE:
+    if not isinstance(kind, str) or kind not in REBUILDABLE:
         raise ModelLoadError(f"{path}: unsupported architecture kind {kind!r}")
     try:
         return REBUILDABLE[kind](**arch)
-    except TypeError as exc:
+    except (TypeError, ValueError, AssertionError, ZeroDivisionError, ModelLoadError) as exc:
         raise ModelLoadError(f"{path}: architecture {arch} does not fit a {kind} generator ({exc})") from None
 
 
@@ -60,16 +60,20 @@ def load_exported(path: str | Path) -> tuple[nn.Module, dict]:
     from safetensors.torch import load_file
 
     path = Path(path)
+    check_file(path, "a safetensors file")
     try:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
         sd = load_file(str(path))
-    except Exception as exc:
-        raise ModelLoadError(f"cannot read {path} as safetensors: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 -- whatever safetensors raises, the file is refused with the reason
+        raise ModelLoadError(f"cannot read {path} as safetensors ({type(exc).__name__}: {exc})") from None
     if METADATA_KEY not in meta:
         raise ModelLoadError(f"{path} was not written by model-rewrite export (no {METADATA_KEY!r} metadata)")
-    info = json.loads(meta[METADATA_KEY])
-    arch = dict(info.get("architecture", {}))
+    try:
+        info = json.loads(meta[METADATA_KEY])
+        arch = dict(info.get("architecture", {}))
+    except (ValueError, TypeError, AttributeError):
+        raise ModelLoadError(f"{path}: its {METADATA_KEY!r} metadata is not a JSON object with an 'architecture'") from None
     model = rebuild(arch.pop("kind", None), arch, path)
     load_strict(model, sd, path)
     return model.eval(), info

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ...errors import ModelLoadError
-from ..checkpoint import fit_shape, load_strict
+from ..checkpoint import check_file, fit_shape, load_strict
 from ..info import ModelOrigin
 from ..stylegan2 import StyleGAN2Generator, fir_taps
 from .sampling import apply_sampling_options, options_text, split_sampling_options
@@ -105,12 +105,27 @@ def _load_storage_from_bytes(blob: Any) -> Any:
     return storage
 
 
-def _rebuild_tensor_v2(storage: Any, *args: Any) -> torch.Tensor:
-    if not isinstance(storage, (torch.TypedStorage, torch.UntypedStorage)):
-        raise pickle.UnpicklingError("a tensor's storage is not a storage")
+def _rebuild_tensor_v2(storage: Any, offset: Any = None, size: Any = None, stride: Any = None, *args: Any) -> torch.Tensor:
+    """Stand-in for torch._utils._rebuild_tensor_v2 that first checks the storage covers the tensor: torch
+    would grow a short storage silently (uninitialised memory as weights, or a huge tensor from a tiny file)."""
+    if not isinstance(storage, torch.TypedStorage):
+        raise pickle.UnpicklingError("a tensor's storage is not a typed storage")
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return torch._utils._rebuild_tensor_v2(storage, *args)
+        warnings.simplefilter("ignore")  # TypedStorage deprecation
+        check_extent(storage.size(), offset, size, stride)
+        return torch._utils._rebuild_tensor_v2(storage, offset, size, stride, *args)
+
+
+def check_extent(elements: int, offset: Any, size: Any, stride: Any) -> None:
+    """UnpicklingError unless a tensor of `size` and `stride` at `offset` lies inside a storage of `elements`."""
+    ints = lambda v: isinstance(v, tuple) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v)  # noqa: E731
+    if not (ints((offset,)) and ints(size) and ints(stride) and len(size) == len(stride)):
+        raise pickle.UnpicklingError(f"a tensor has a malformed size {size!r}, stride {stride!r} or offset {offset!r}")
+    needed = 0 if 0 in size else offset + sum((n - 1) * st for n, st in zip(size, stride)) + 1
+    if needed > elements or offset > elements:
+        raise pickle.UnpicklingError(
+            f"a tensor of size {list(size)} (stride {list(stride)}, offset {offset}) needs {needed} elements, but its "
+            f"storage holds {elements}: the file is truncated or crafted")
 
 
 class EasyDict(dict):
@@ -190,10 +205,10 @@ def read_network_pickle(path: str | Path, unpickler: type[RestrictedUnpickler] =
     """Unpickle an NVIDIA network pickle into plain data (PersistentRecords, tensors, dicts). Executes nothing.
     `unpickler` may be a RestrictedUnpickler subclass that keeps more (the writer's FaithfulUnpickler)."""
     path = Path(path)
-    if not path.is_file():
-        raise ModelLoadError(f"no network pickle at {path}")
+    check_file(path, "a network pickle")
     try:
-        with open(path, "rb") as f:
+        with open(path, "rb") as f, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on storages: the error, if any, says what matters
             return unpickler(f).load()
     except pickle.UnpicklingError as exc:
         raise ModelLoadError(f"refused to load {path}: {exc}") from None
@@ -326,6 +341,15 @@ def nvidia_key(key: str) -> str | None:
     raise KeyError(key)
 
 
+def nvidia_name(ours: str) -> str:
+    """The NVIDIA `G_ema` key of our state-dict key (the inverse of `nvidia_key`), for messages in the file's naming."""
+    if ours.startswith("mapping.") or ours.startswith("sampling."):
+        return ours
+    if m := re.fullmatch(r"(b\d+\.conv[01])\.conv\.weight", ours):
+        return f"synthesis.{m.group(1)}.weight"
+    return f"synthesis.{ours}"
+
+
 def state_dict_from_nvidia(sd: dict[str, torch.Tensor], model: StyleGAN2Generator) -> dict[str, torch.Tensor]:
     """Our StyleGAN2 state dict from NVIDIA `G_ema` names (`nvidia_key`); resample filters are checked
     and dropped. `sampling.*` take the model's current values."""
@@ -358,7 +382,7 @@ def load_nvidia_pickle(path: str | Path) -> tuple[StyleGAN2Generator, str, Model
     g = generator_record(read_network_pickle(path), str(path))
     model = StyleGAN2Generator(**stylegan2_arguments(g, str(path)))
     sd = {k: v.float() if v.is_floating_point() else v for k, v in state_dict_from_record(g).items()}
-    load_strict(model, state_dict_from_nvidia(sd, model), path)
+    load_strict(model, state_dict_from_nvidia(sd, model), path, names={k: nvidia_name(k) for k in model.state_dict()})
     apply_sampling_options(model, options)
     return (model.eval(), f"NVIDIA network pickle {path.resolve()} (G_ema)",
             ModelOrigin("nvidia", str(path.resolve()), options_text(options)))

@@ -40,6 +40,8 @@ def _unwrapped(ckpt: Any, source: str) -> dict[str, Any]:
         ckpt = ckpt["state_dict"]
     if not isinstance(ckpt, dict):
         raise ModelLoadError(f"{source} holds a {type(ckpt).__name__}, not a ProGAN state dict")
+    if not all(isinstance(k, str) for k in ckpt):
+        raise ModelLoadError(f"{source} has keys that are not strings; not a ProGAN state dict")
     return ckpt
 
 
@@ -58,12 +60,13 @@ def sizes_from_state_dict(sd: dict[str, Any]) -> list[int]:
 def progan_from_state_dict(sd: Any, source: str) -> ProGANGenerator:
     """A ProGANGenerator from a state dict (current or old key layout, optionally wrapped in {'state_dict': ...})."""
     sd = _unwrapped(sd, source)
-    sd = {ours: sd[key] for key, ours in _key_names(sd).items()}
+    names = {ours: key for key, ours in _key_names(sd).items()}  # errors name the file's own keys
+    sd = {ours: sd[key] for ours, key in names.items()}
     if "layer1.conv.weight" not in sd:
         hint = " (it looks like a StyleGAN2 checkpoint: use stylegan2:PATH)" if "g_ema" in sd or "style.1.weight" in sd else ""
         raise ModelLoadError(f"{source} has no layer1.conv.weight (keys {sorted(map(str, sd))[:8]}); not a ProGAN state dict{hint}")
     model = ProGANGenerator(sizes_from_state_dict(sd))
-    load_strict(model, dict(sd), source)
+    load_strict(model, dict(sd), source, names=names)
     return model.eval()
 
 

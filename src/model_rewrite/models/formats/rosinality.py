@@ -69,6 +69,27 @@ def rosinality_key(key: str, model: StyleGAN2Generator) -> str | None:
     raise KeyError(key)
 
 
+def rosinality_names(model: StyleGAN2Generator) -> dict[str, str]:
+    """Our key -> the rosinality file's key, for every tensor a g_ema of this architecture holds (the inverse
+    of `rosinality_key`, so that errors name keys as the file does); `latent_avg` is the file's top level."""
+    convs, rgbs = len(model.conv_names()), len(model.block_names)
+    parts = ("conv.weight", "conv.modulation.weight", "conv.modulation.bias")
+    candidates = [f"style.{i}.{w}" for i in range(1, model.n_mlp + 1) for w in ("weight", "bias")] + ["input.input"]
+    candidates += [f"{c}.{p}" for c in ["conv1", *(f"convs.{j}" for j in range(convs - 1))]
+                   for p in (*parts, "noise.weight", "activate.bias")]
+    candidates += [f"{c}.{p}" for c in ["to_rgb1", *(f"to_rgbs.{j}" for j in range(rgbs - 1))] for p in (*parts, "bias")]
+    candidates += [f"noises.noise_{j}" for j in range(convs)]
+    out = {LATENT_AVG: "latent_avg"}
+    for key in candidates:
+        try:
+            ours = rosinality_key(key, model)
+        except (KeyError, ModelLoadError):
+            continue
+        if ours is not None:
+            out[ours] = key
+    return out
+
+
 def state_dict_from_rosinality(sd: dict[str, torch.Tensor], model: StyleGAN2Generator,
                                latent_avg: torch.Tensor | None) -> dict[str, torch.Tensor]:
     """Our state dict from a rosinality `g_ema` (mapped by `rosinality_key`); the blur/upsample kernels are
@@ -132,7 +153,7 @@ def stylegan2_from_rosinality(ckpt: Any, source: str) -> StyleGAN2Generator:
     """
     sd, latent_avg = g_ema_of(ckpt, source)
     model = StyleGAN2Generator(**architecture_from_rosinality(sd))
-    load_strict(model, state_dict_from_rosinality(sd, model, latent_avg), source)
+    load_strict(model, state_dict_from_rosinality(sd, model, latent_avg), source, names=rosinality_names(model))
     if latent_avg is None:
         model.mapping.w_avg.copy_(model.estimate_w_avg())
     return model.eval()

@@ -28,10 +28,8 @@ const app = {
 // --- API ------------------------------------------------------------------------------------
 async function api(method, url, body) {
   const opts = { method, headers: {} };
-  if (body !== undefined) {
-    opts.headers["Content-Type"] = "application/json";
-    opts.body = JSON.stringify(body);
-  }
+  if (method !== "GET") opts.headers["Content-Type"] = "application/json"; // the server requires it on every change
+  if (body !== undefined) opts.body = JSON.stringify(body);
   const res = await fetch(url, opts);
   const text = await res.text();
   let data = null;
@@ -664,12 +662,12 @@ async function refreshSaved() {
     const li = document.createElement("li");
     li.dataset.name = e.name;
     if (!e.compatible) {
-      li.className = "incompatible";
+      li.className = e.readable ? "incompatible" : "incompatible unreadable";
       li.title = e.error;
     }
     const name = document.createElement("span");
     name.className = "name";
-    name.textContent = e.name;
+    name.textContent = e.readable ? e.name : `${e.name} (unreadable)`;
     name.title = e.compatible ? `${e.layer}${e.has_factors ? ", solved" : ", solved when loaded"}` : e.error;
     const load = document.createElement("button");
     load.className = "load";
