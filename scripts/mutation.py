@@ -1,0 +1,246 @@
+"""Mutation testing of the core's math and data modules with mutmut, one module at a time.
+
+Each module is mutated in its own scratch copy (build/mutation/MODULE: the package, the tests and a
+pyproject.toml holding mutmut's settings) and checked against the focused test subset that exercises it
+(TESTS below), so a run never executes the whole suite. Results go to benchmarks/results/mutation.json
+under a label (e.g. "before" and "after" a change) and to mutation.md beside it.
+
+A surviving mutant either gets a test that kills it or is listed in EQUIVALENT below (matched by the
+module, the function and the mutated line, so the entry outlives mutmut's renumbering) with the reason
+why no test can tell it from the original.
+
+    pip install -e '.[test,mutation]'
+    python scripts/mutation.py                    # every module, label "after"
+    python scripts/mutation.py directions masks --label before --children 2
+    python scripts/mutation.py --report           # rewrite mutation.md from mutation.json
+
+Not part of CI: the whole run takes about half an hour on a 2-core machine (see mutation.md).
+The process runs under `nice -n 10` with one OpenMP thread per test process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "mutation.json"
+WORK = ROOT / "build" / "mutation"
+TARGET = 0.85  # killed fraction per module (equivalent mutants left out)
+
+# module -> the tests that exercise it (files that do not exist yet are left out, so an old checkout runs too)
+TESTS: dict[str, list[str]] = {
+    "directions": ["tests/test_directions.py"],
+    "update": ["tests/test_update.py", "tests/test_solve.py"],
+    "solve": ["tests/test_solve.py", "tests/test_update.py"],
+    "stats": ["tests/test_stats.py"],
+    "edits": ["tests/test_edits.py", "tests/test_edit_format.py"],
+    "stack": ["tests/test_stack.py", "tests/test_edits.py"],
+    "masks": ["tests/test_masks.py", "tests/test_goals.py"],
+    "hooks": ["tests/test_hooks.py"],
+    "goals": ["tests/test_goals.py", "tests/test_update.py"],
+    "report": ["tests/test_report.py"],
+    "quality": ["tests/test_quality.py"],
+}
+
+# Survivors that no test can kill: (module, function, mutated line as mutmut writes it, reason).
+# The line is the '+' side of the mutant's diff, stripped of surrounding whitespace.
+EQUIVALENT: list[tuple[str, str, str, str]] = []
+
+STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
+          24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout", 37: "caught by type check", None: "not checked"}
+
+
+def _pyproject(module: str, tests: list[str]) -> str:
+    q = lambda xs: "[" + ", ".join(json.dumps(x) for x in xs) + "]"  # noqa: E731
+    return f"""[tool.mutmut]
+source_paths = ["src/model_rewrite"]
+only_mutate = ["src/model_rewrite/{module}.py"]
+pytest_add_cli_args = ["-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning"]
+pytest_add_cli_args_test_selection = {q(tests)}
+use_git_change_detection = false
+track_dependencies = false
+timeout_multiplier = 10.0
+
+[tool.pytest.ini_options]
+testpaths = ["tests"]
+markers = ["e2e: end-to-end tests in a real browser", "slow: end-to-end tests on the real default model"]
+"""
+
+
+def _prepare(module: str, tests: list[str]) -> Path:
+    work = WORK / module
+    if work.exists():
+        shutil.rmtree(work)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis")
+    shutil.copytree(ROOT / "src" / "model_rewrite", work / "src" / "model_rewrite", ignore=ignore)
+    shutil.copytree(ROOT / "tests", work / "tests", ignore=ignore)
+    (work / "pyproject.toml").write_text(_pyproject(module, tests))
+    return work
+
+
+_SHOW = """
+import json, sys
+from mutmut.mutation.diff_apply import get_diff_for_mutant
+names = json.loads(sys.argv[1])
+print(json.dumps({n: get_diff_for_mutant(n, path=sys.argv[2]) for n in names}))
+"""
+
+
+def _diffs(work: Path, module: str, names: list[str]) -> dict[str, str]:
+    if not names:
+        return {}
+    out = subprocess.run([sys.executable, "-c", _SHOW, json.dumps(names), f"src/model_rewrite/{module}.py"], cwd=work,
+                         capture_output=True, text=True, env=_env(), check=True).stdout
+    return json.loads(out)
+
+
+def _changed_line(diff: str) -> str:
+    """The mutated line(s) of a mutmut diff: its '+' lines, stripped, joined by ' / '."""
+    lines = [l[1:].strip() for l in diff.splitlines() if l.startswith("+") and not l.startswith("+++")]
+    return " / ".join(lines)
+
+
+def _function(name: str) -> str:
+    """model_rewrite.directions.x_zca_whitener__mutmut_3 -> zca_whitener; xǁClassǁmethod__mutmut_2 -> Class.method."""
+    tail = name.rpartition(".")[2].rpartition("__mutmut_")[0]
+    return tail.removeprefix("x_").removeprefix("xǁ").replace("ǁ", ".")
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # mutmut puts the mutated copy first itself
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
+    return env
+
+
+def run_module(module: str, children: int, timeout_s: float) -> dict:
+    tests = [t for t in TESTS[module] if (ROOT / t).exists()]
+    work = _prepare(module, tests)
+    mutmut = Path(sys.executable).with_name("mutmut")
+    t0 = time.perf_counter()
+    log = (work / "mutmut.log").open("w")
+    try:
+        proc = subprocess.run(["nice", "-n", "10", str(mutmut), "run", "--max-children", str(children)], cwd=work,
+                              env=_env(), stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s)
+        rc = proc.returncode
+    except subprocess.TimeoutExpired:
+        rc = "timeout"
+    seconds = time.perf_counter() - t0
+    meta_path = work / "mutants" / "src" / "model_rewrite" / f"{module}.py.meta"
+    if not meta_path.exists():
+        raise SystemExit(f"{module}: mutmut wrote no results (exit {rc}); see {work / 'mutmut.log'}")
+    codes = json.loads(meta_path.read_text())["exit_code_by_key"]
+    status = {name: STATUS.get(code, "suspicious") for name, code in codes.items()}
+    not_killed = sorted((n for n, s in status.items() if s not in ("killed", "timeout")), key=_sort_key)
+    diffs = _diffs(work, module, not_killed)
+    equivalent, survivors = [], []
+    for name in not_killed:
+        line, function = _changed_line(diffs[name]), _function(name)
+        reason = next((r for m, f, l, r in EQUIVALENT if m == module and f == function and l == line), None)
+        item = {"mutant": name.rpartition(".")[2], "function": function, "status": status[name], "line": line}
+        if reason is not None:
+            equivalent.append({**item, "reason": reason})
+        else:
+            survivors.append({**item, "diff": _short_diff(diffs[name])})
+    total = len(status)
+    killed = sum(s in ("killed", "timeout") for s in status.values())
+    scored = total - len(equivalent)
+    return {"module": module, "tests": tests, "mutants": total, "killed": killed, "equivalent": len(equivalent),
+            "survived": len(survivors), "score": round(killed / scored, 4) if scored else 1.0,
+            "raw_score": round(killed / total, 4) if total else 1.0, "seconds": round(seconds, 1),
+            "mutmut_exit": rc, "survivors": survivors, "equivalents": equivalent}
+
+
+def _sort_key(name: str) -> tuple[str, int]:
+    head, _, n = name.rpartition("__mutmut_")
+    return head, int(n) if n.isdigit() else 0
+
+
+def _short_diff(diff: str) -> str:
+    """Only the changed lines of a diff, with one line of context."""
+    lines = diff.splitlines()[2:]  # drop the ---/+++ header
+    keep = {i + d for i, l in enumerate(lines) if l[:1] in "+-" for d in (-1, 0, 1)}
+    return "\n".join(lines[i] for i in sorted(keep) if 0 <= i < len(lines))
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def write_report(data: dict) -> None:
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(data, indent=1) + "\n")
+    md = ["# Mutation testing of the core", "",
+          "Made by `scripts/mutation.py` (mutmut, one module at a time against its focused tests; see the script's",
+          "docstring). Score = killed / (mutants - equivalent); mutmut's timeouts count as killed. Target: "
+          f"{TARGET:.0%} per module.", ""]
+    for label, run in data.get("runs", {}).items():
+        md += [f"## {label}", "", run.get("note", ""), "",
+               "| module | mutants | killed | equivalent | survived | score | seconds | tests |",
+               "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+        mods = run["modules"]
+        for m in mods.values():
+            md.append(f"| {m['module']} | {m['mutants']} | {m['killed']} | {m['equivalent']} | {m['survived']} | "
+                      f"{m['score']:.1%} | {m['seconds']:.0f} | {', '.join(Path(t).name for t in m['tests'])} |")
+        tot = {k: sum(m[k] for m in mods.values()) for k in ("mutants", "killed", "equivalent", "survived")}
+        secs = sum(m["seconds"] for m in mods.values())
+        scored = tot["mutants"] - tot["equivalent"]
+        md += [f"| **all** | {tot['mutants']} | {tot['killed']} | {tot['equivalent']} | {tot['survived']} | "
+               f"{tot['killed'] / max(scored, 1):.1%} | {secs:.0f} | |", ""]
+        surv = [(m["module"], s) for m in mods.values() for s in m["survivors"]]
+        if surv:
+            md += [f"### Surviving mutants ({label})", "", "| module | mutant | mutated line |", "| --- | --- | --- |"]
+            md += [f"| {mod} | `{s['mutant']}` | `{_cell(s['line'])}` |" for mod, s in surv]
+            md.append("")
+        eq = [(m["module"], s) for m in mods.values() for s in m["equivalents"]]
+        if eq:
+            md += [f"### Equivalent mutants ({label})", "", "| module | function | mutated line | why no test can kill it |",
+                   "| --- | --- | --- | --- |"]
+            md += [f"| {mod} | {s['function']} | `{_cell(s['line'])}` | {s['reason']} |" for mod, s in eq]
+            md.append("")
+    RESULTS.with_suffix(".md").write_text("\n".join(md))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("modules", nargs="*", help=f"modules to run (default all: {', '.join(TESTS)})")
+    p.add_argument("--label", default="after", help="where the results go in mutation.json (default 'after')")
+    p.add_argument("--note", default=None, help="a line about this run for mutation.md")
+    p.add_argument("--children", type=int, default=2, help="mutants tested at once (default 2)")
+    p.add_argument("--timeout", type=float, default=1800, help="seconds one module may take (default 1800)")
+    p.add_argument("--report", action="store_true", help="only rewrite mutation.md from mutation.json")
+    args = p.parse_args(argv)
+    data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"runs": {}}
+    if args.report:
+        write_report(data)
+        return 0
+    unknown = sorted(set(args.modules) - set(TESTS))
+    if unknown:
+        p.error(f"unknown module(s) {unknown}; choose from {list(TESTS)}")
+    run = data["runs"].setdefault(args.label, {"note": "", "modules": {}})
+    if args.note is not None:
+        run["note"] = args.note
+    failed = []
+    for module in args.modules or list(TESTS):
+        res = run_module(module, args.children, args.timeout)
+        run["modules"][module] = res
+        run["modules"] = {m: run["modules"][m] for m in TESTS if m in run["modules"]}
+        write_report(data)
+        print(f"{module:<11} {res['killed']:>4}/{res['mutants'] - res['equivalent']:<4} killed ({res['score']:.1%}), "
+              f"{res['equivalent']} equivalent, {res['survived']} survived, {res['seconds']:.0f}s", flush=True)
+        if res["score"] < TARGET or res["survived"]:
+            failed.append(module)
+    if failed:
+        print(f"below target or with unexplained survivors: {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
