@@ -52,7 +52,45 @@ TESTS: dict[str, list[str]] = {
 
 # Survivors that no test can kill: (module, function, mutated line as mutmut writes it, reason).
 # The line is the '+' side of the mutant's diff, stripped of surrounding whitespace.
-EQUIVALENT: list[tuple[str, str, str, str]] = []
+CPU = "a device move: every tensor of the test suite is on the CPU, where it changes nothing"
+PROMOTES = "float32 values enter products with float64 tensors, which promote them exactly"
+EQUIVALENT: list[tuple[str, str, str, str]] = [
+    ("directions", "key_directions", "w = weights.to(None, torch.float64)", CPU),
+    ("directions", "key_directions", "w = weights.to(torch.float64)", CPU),
+    ("directions", "key_directions", "z = zca_whitener(cov.to(None), eig_floor)", CPU),
+    ("directions", "key_directions", "w = weights.to(keys.device, None)",
+     PROMOTES + "; only w.sum() is rounded in float32, and it only scales the key that signs the directions"),
+    ("directions", "key_directions", "w = weights.to(keys.device, )",
+     PROMOTES + "; only w.sum() is rounded in float32, and it only scales the key that signs the directions"),
+    ("directions", "key_directions", "mean_key = (keys.to(None) * w[:, None]).sum(0) / w.sum()", PROMOTES),
+    ("directions", "key_directions", "rank = min(rank, int((w > 0).sum()), )",
+     "the SVD (full_matrices=False) returns at most C_in rows, so the cap by C_in is already there"),
+    ("directions", "key_directions", "_, _, vh = torch.linalg.svd(white, )",
+     "full matrices only add rows past the rank, which are never used"),
+    ("directions", "key_directions", "_, _, vh = torch.linalg.svd(white, full_matrices=True)",
+     "full matrices only add rows past the rank, which are never used"),
+    ("directions", "key_directions", "mean_key = (keys.to(torch.float64) * w[:, None]).sum(0) * w.sum()",
+     "a positive rescaling of the mean key, of which only the sign of a dot product is used"),
+    ("directions", "key_directions", "return (dirs / signs[:, None]).to(keys.dtype)",
+     "the signs are +1 or -1 (zeros are set to 1), so dividing equals multiplying"),
+    ("update", "optimize_factor", 'best, best_loss, losses = factor0.detach().clone(), float("INF"), []',
+     'float("INF") is float("inf")'),
+    ("update", "optimize_factor", "for step in range(steps + 2):", "the loop ends at step == steps by its break"),
+    ("update", "linear_design", "taps = int(torch.tensor(tap_shape).prod()) if (tap_shape) or True else 1",
+     "the product of an empty shape is 1"),
+    ("update", "linear_design", "basis = torch.zeros((c_out, r, taps), dtype=dirs.dtype, device=None)", CPU),
+    ("update", "linear_design", "basis = torch.zeros((c_out, r, taps), dtype=dirs.dtype, )", CPU),
+    ("update", "lstsq_factor", "x = torch.linalg.solve(gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype, device=None), "
+     "a.T @ residual.detach().to(torch.float64))", CPU),
+    ("update", "lstsq_factor", "x = torch.linalg.solve(gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype, ), "
+     "a.T @ residual.detach().to(torch.float64))", CPU),
+    ("update", "lstsq_factor", "x = torch.linalg.solve(gram + lam * torch.eye(gram.shape[0], dtype=None, device=gram.device), "
+     "a.T @ residual.detach().to(torch.float64))", "a float32 identity added to a float64 Gram matrix promotes exactly"),
+    ("update", "lstsq_factor", "x = torch.linalg.solve(gram + lam * torch.eye(gram.shape[0], device=gram.device), "
+     "a.T @ residual.detach().to(torch.float64))", "a float32 identity added to a float64 Gram matrix promotes exactly"),
+    ("update", "lstsq_factor", "x = torch.linalg.solve(gram + lam * torch.eye(gram.shape[1], dtype=gram.dtype, device=gram.device), "
+     "a.T @ residual.detach().to(torch.float64))", "the Gram matrix is square"),
+]
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
           24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout", 37: "caught by type check", None: "not checked"}

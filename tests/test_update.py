@@ -347,3 +347,32 @@ def test_optimize_factor_follows_adam_keeps_the_best_iterate_and_reports_every_s
     start = torch.ones(2, 2, dtype=D64)
     best, losses = optimize_factor(loss_fn, start, steps=5, lr=0.1, on_step=lambda s, l: True)
     assert losses == [float(loss_fn(start))] and torch.equal(best, start)
+
+
+def test_closed_form_without_a_floor_solves_exactly_and_refuses_singular_statistics():
+    c = _spd(4, 2).float()
+    w, k, v = torch.randn(3, 4), torch.randn(1, 4), torch.randn(1, 3)
+    d = np.linalg.solve(c.double().numpy(), k.double().numpy().T)  # (4, 1)
+    want = ((v.double().numpy().T - w.double().numpy() @ k.double().numpy().T) / (k.double().numpy() @ d)) @ d.T
+    got = closed_form_insert(w, c, k, v)  # float32 in, eig_floor 0: torch.linalg.solve in float64
+    assert got.dtype == torch.float32
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-5)
+    with pytest.raises(torch.linalg.LinAlgError):
+        closed_form_insert(w.double(), torch.diag(torch.tensor([4.0, 1.0, 1.0, 0.0], dtype=D64)), k.double(), v.double())
+
+
+def test_lstsq_factor_default_ridge_and_a_small_design():
+    g = torch.Generator().manual_seed(5)
+    a, b = torch.randn(30, 4, generator=g, dtype=D64), torch.randn(30, 2, generator=g, dtype=D64)
+    assert torch.equal(lstsq_factor(a, b, 2, (2, 3, 2), 1), lstsq_factor(a, b, 2, (2, 3, 2), 1, ridge=1e-4))
+    small = a * 1e-3  # mean diagonal of the Gram matrix ~ 3e-5: the ridge stays relative to it
+    gram = small.numpy().T @ small.numpy()
+    x = np.linalg.solve(gram + 0.3 * gram.diagonal().mean() * np.eye(4), small.numpy().T @ b.numpy())
+    np.testing.assert_allclose(lstsq_factor(small, b, 2, (2, 3, 2), 1, 0.3).numpy(), x.T.reshape(2, 2, 2), rtol=1e-9)
+
+
+def test_optimize_factor_keeps_the_first_of_equal_losses():
+    """A loss whose value never changes (but whose gradient moves the factor): the start stays the best."""
+    start = torch.zeros(3, dtype=D64)
+    best, losses = optimize_factor(lambda f: (f - f.detach()).sum() + 1.0, start, steps=3, lr=0.5)
+    assert losses == [1.0] * 4 and torch.equal(best, start)
