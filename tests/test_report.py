@@ -53,3 +53,39 @@ def test_measure_refuses_what_it_cannot_measure(rw):
         measure_edit(rw, entry.id, [1], RenderConfig(heat_direction=1))
     with pytest.raises(InvalidEdit, match="at least one image"):
         measure_edit(rw, entry.id, [])
+
+
+def test_change_report_and_fire_regions_by_hand():
+    from model_rewrite.report import change_report, fire_regions
+
+    before = torch.zeros(1, 3, 2, 2)
+    after = before.clone()
+    after[0, :, 0, 0] = torch.tensor([0.3, 0.6, 0.9])  # mean over colours 0.6 inside
+    after[0, 0, 1, 1] = 0.3  # mean over colours 0.1 outside, where two of three pixels do not change
+    regions = torch.tensor([[[True, False], [False, False]]])
+    r = change_report(before, after, regions, 0.5, 0.9)
+    assert r.inside_change == pytest.approx(0.6) and r.outside_change == pytest.approx(0.1 / 3)
+    assert r.ratio == pytest.approx(18.0) and (r.fire_fraction, r.threshold, r.quantile) == (0.25, 0.5, 0.9)
+    assert r.to_dict() == {"inside_change": r.inside_change, "outside_change": r.outside_change, "ratio": r.ratio,
+                           "fire_fraction": 0.25, "threshold": 0.5, "quantile": 0.9}
+    none = change_report(before, after, torch.zeros(1, 2, 2, dtype=torch.bool), 0.0, 0.5)
+    assert none.inside_change == 0.0 and none.fire_fraction == 0.0 and none.outside_change == pytest.approx(0.7 / 4)
+    every = change_report(before, after, torch.ones(1, 2, 2, dtype=torch.bool), 0.0, 0.5)
+    assert every.outside_change == 0.0 and every.ratio == pytest.approx(every.inside_change / 1e-12)
+    # heats on a 2x2 key grid, 4 px images: each cell covers a 2x2 block; the 0.5 quantile of 1..8 is 4.5
+    heats = torch.tensor([[[1.0, 2.0], [3.0, 4.0]], [[5.0, 6.0], [7.0, 8.0]]])
+    reg, th = fire_regions(heats, 4, 0.5)
+    assert th == pytest.approx(4.5) and reg.shape == (2, 4, 4)
+    assert not reg[0].any() and bool(reg[1].all())
+    reg, th = fire_regions(heats, 4, 0.75)  # 6.25: cells 7 and 8, the bottom row of the second image
+    assert th == pytest.approx(6.25) and reg[1, 2:].all() and not reg[1, :2].any()
+
+
+def test_measure_reads_the_layer_of_an_edit_without_a_spec(rw):
+    entry = rw.apply(_edit(rw, 1, "one"))
+    bare = rw.stack.push(entry.delta, "bare")  # the same change again, pushed without its EditSpec
+    m = measure_edit(rw, bare.id, [40, 41], RenderConfig(heat_direction=0))
+    assert m.report.layer == "b16" and m.report.name == "bare" and m.report.seeds == (40, 41)
+    assert m.heats.shape == (2, 8, 8) and m.regions.shape == (2, 32, 32)
+    given = torch.zeros(2, 3, 32, 32)
+    assert torch.equal(measure_edit(rw, bare.id, [40, 41], before=given).before, given)
