@@ -94,11 +94,19 @@ def test_small_benchmark_runs_end_to_end(tmp_path):
     results = bench.run(args)
     assert set(results["edits"]) == {"dome_to_tree", "erase_windows", "roof_to_dome"}
     for rows in results["edits"].values():
-        assert rows["unedited"]["label_collateral"] == 0.0
-        for name, r in rows.items():
-            if not name.startswith("_"):
-                assert 0.0 <= r["success"] <= 1.0 and r["seconds"] >= 0.0
+        # the unedited model changes nothing: no pixel of the context class carries the target label yet
+        base = rows["unedited"]
+        assert base["label_collateral"] == 0.0 and base["pixel_collateral"] == 0.0
+        assert base["success"] == 0.0 and base["success_per_image_mean"] == 0.0
+        methods = {name: r for name, r in rows.items() if not name.startswith("_")}
+        assert len(methods) > 1
+        for name, r in methods.items():
+            # every method is measured on the same held-out images (the same context pixels), success as a share
+            assert (r["context_pixels"], r["images_with_context"]) == (base["context_pixels"], base["images_with_context"])
+            assert base["context_pixels"] > 0 and 0.0 <= r["success"] <= 1.0 and r["seconds"] >= 0.0
+            assert (r["pixel_change_in_context"] > 0) == (name != "unedited"), name
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["meta"]["n_eval"] == 12
+    assert saved["edits"] == json.loads(json.dumps(results["edits"]))  # what is written is what was measured
     for f in ("results.md", "success_vs_collateral.png", "examples_dome_to_tree.png"):
         assert (tmp_path / f).stat().st_size > 0
