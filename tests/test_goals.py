@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers import KeysAreTheLatent, hook_count
+
 from model_rewrite.errors import InvalidEdit
 from model_rewrite.goals import Observation, context_keys, copy_paste_goal, erase_units
 
@@ -68,22 +70,7 @@ def test_erase_picks_the_channels_most_specific_to_the_context():
     assert units.tolist() == [2, 3]
 
 
-class KeysAreTheLatent(torch.nn.Module):
-    """The edited layer is a 1x1 convolution of the latent itself, followed by nothing: keys = z, value = W z + b."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.body = torch.nn.Sequential(torch.nn.Conv2d(4, 3, 1))
-        g = torch.Generator().manual_seed(0)
-        with torch.no_grad():
-            self.body[0].weight.copy_(torch.randn(3, 4, 1, 1, generator=g))
-            self.body[0].bias.copy_(torch.randn(3, generator=g))
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.body(z)
-
-
-def _conv(model: KeysAreTheLatent, keys: torch.Tensor) -> torch.Tensor:
+def _conv(model: torch.nn.Module, keys: torch.Tensor) -> torch.Tensor:
     w, b = model.body[0].weight.detach()[:, :, 0, 0].double(), model.body[0].bias.detach().double()
     return torch.einsum("oc,bchw->bohw", w, keys.double()) + b[None, :, None, None]
 
@@ -92,7 +79,7 @@ def test_observe_records_the_keys_the_linear_output_and_the_value():
     from model_rewrite.goals import observe
     from model_rewrite.layers import LayerSpec
 
-    model = KeysAreTheLatent()
+    model = KeysAreTheLatent(4, 3, (4, 5))
     z = torch.randn(1, 4, 4, 5, generator=torch.Generator().manual_seed(1))
     obs = observe(model, LayerSpec("body", "body.0", key_axis=1), z)
     assert torch.equal(obs.keys, z) and torch.equal(obs.args[0], z) and obs.kwargs == {}
@@ -106,7 +93,7 @@ def test_erase_zeroes_the_chosen_units_inside_the_paste_region_only_and_they_van
     from model_rewrite.layers import LayerSpec
     from model_rewrite.solve import solve_update
 
-    model, spec = KeysAreTheLatent(), LayerSpec("body", "body.0", key_axis=1)
+    model, spec = KeysAreTheLatent(4, 3, (4, 5)), LayerSpec("body", "body.0", key_axis=1)
     z = torch.randn(1, 4, 4, 5, generator=torch.Generator().manual_seed(1))
     obs = observe(model, spec, z)
     paste = torch.zeros(8, 10)  # the image is twice the key grid: pixel (y, x) lies in cell (y // 2, x // 2)
@@ -123,7 +110,7 @@ def test_erase_zeroes_the_chosen_units_inside_the_paste_region_only_and_they_van
     assert torch.equal(goal.values, goal.linear)
     assert goal.box == (1, 4, 1, 3)  # the paste mask's bounding box on the value grid
     assert erase_goal(model, spec, z, obs, paste, units, tight=False).box == (0, 4, 0, 5)
-    assert sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules()) == 0
+    assert hook_count(model) == 0
     # a rectangular paste region, solved along the erased units' own axes: the units vanish in the box (the
     # edited layer writes the output without them there) and the other units still count
     square = torch.zeros(8, 10)

@@ -2,12 +2,13 @@ import pytest
 import torch
 from torch import nn
 
+from helpers import hook_count
+
 from model_rewrite.errors import LayerNotFound
 from model_rewrite.hooks import call_with_weight, get_module, run_until, trace
 
 
-def _hook_count(model: nn.Module) -> int:
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+_hook_count = hook_count
 
 
 def test_trace_removes_hook_when_forward_raises(tiny):

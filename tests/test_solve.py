@@ -8,7 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
+
+from helpers import KeysAreTheLatent
 
 from model_rewrite.config import UpdateConfig
 from model_rewrite.errors import SolveError
@@ -20,19 +21,8 @@ SPEC = LayerSpec("body", "body.0", key_axis=1)
 BOX = (1, 3, 1, 4)  # 2 x 3 of the 4 x 5 value grid
 
 
-class OneByOne(nn.Module):
-    latent_shape = (3, 4, 5)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(3, 2, 1))
-        g = torch.Generator().manual_seed(0)
-        with torch.no_grad():
-            self.body[0].weight.copy_(torch.randn(2, 3, 1, 1, generator=g))
-            self.body[0].bias.copy_(torch.randn(2, generator=g))
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.body(z)
+def OneByOne() -> KeysAreTheLatent:
+    return KeysAreTheLatent(3, 2, (4, 5))
 
 
 def _setup(box=BOX):

@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 from model_rewrite.config import StatsConfig
+from helpers import KeysAreTheLatent, hook_count
 from model_rewrite.layers import LayerSpec
 from model_rewrite.stats import SecondMoment, collect_key_stats, rows_from_map
 
@@ -62,19 +63,6 @@ def test_statistics_memory_does_not_grow_with_samples():
     assert sizes == {64}
 
 
-class KeysAreTheLatent(nn.Module):
-    """A generator whose edited layer reads the latent itself: its keys are known without running the package."""
-
-    latent_shape = (3, 2, 5)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Tanh())
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.body(z)
-
-
 def _stream(seed: int, count: int, shape: tuple[int, ...]) -> torch.Tensor:
     """The documented statistics stream, written out: one generator seeded seed + 0x5EED0000, drawn in
     chunks of 1024 latents (here a single chunk)."""
@@ -83,7 +71,7 @@ def _stream(seed: int, count: int, shape: tuple[int, ...]) -> torch.Tensor:
 
 
 def test_collect_key_stats_equals_a_float64_moment_computed_here_and_leaves_model_intact():
-    model = KeysAreTheLatent().eval()
+    model = KeysAreTheLatent(3, 4, (2, 5), tail=nn.Tanh()).eval()
     spec = LayerSpec("body", "body.0", key_axis=1)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     calls = []
@@ -96,7 +84,7 @@ def test_collect_key_stats_equals_a_float64_moment_computed_here_and_leaves_mode
     assert st.moment.dtype == torch.float64
     assert calls == [(7, 30), (14, 30), (21, 30), (28, 30), (30, 30)]
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
-    assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()) == 0
+    assert hook_count(model) == 0
     # the batch size does not change the result; float32 products stay within float32 rounding of it
     st2 = collect_key_stats(model, spec, StatsConfig(num_samples=30, batch_size=30, stats_seed=7), latent_shape=model.latent_shape)
     torch.testing.assert_close(st2.moment, st.moment, rtol=1e-6, atol=1e-6)
