@@ -85,7 +85,7 @@ def test_closed_form_factor_and_loss_match_numpy(kind, preserve, ridge):
     x = _np_closed_form(goal, dirs, preserve, ridge)
     np.testing.assert_allclose(_x(res), x, rtol=2e-4, atol=2e-5)
     assert res.closed_form_loss == pytest.approx(_np_loss(goal, dirs, x, kind, preserve), rel=1e-4)
-    assert res.goal_loss == res.closed_form_loss and res.losses == [] and not res.cancelled
+    assert res.goal_loss == res.closed_form_loss and res.losses == [] and res.cancelled is False
     assert (res.delta.param_path, res.delta.key_axis, res.delta.rank) == ("body.0.weight", 1, 2)
     assert torch.equal(res.delta.dirs, dirs) and res.seconds > 0
     assert torch.equal(model.body[0].weight, w0), "solving does not change the model"
@@ -181,7 +181,7 @@ def test_single_thread_restores_the_count_even_when_the_block_raises():
 def test_a_non_finite_solution_is_refused():
     model, goal, dirs = _setup()
     bad = Goal(goal.obs, goal.values, goal.linear * float("inf"), goal.box)
-    with pytest.raises(SolveError, match="NaN or infinite"):
+    with pytest.raises(SolveError, match="^the solved update holds NaN or infinite values; lower the learning rate or steps$"):
         solve_update(model, SPEC, dirs, bad, UpdateConfig(method="closed_form"))
 
 
@@ -202,3 +202,155 @@ def test_goal_loss_by_hand():
     goal2 = Goal(obs2, torch.zeros(1, 2, 2, 2), torch.zeros(1, 2, 2, 2), (0, 1, 0, 1))
     outside = (1 + 2 + 3 + 3 + 5 + 7) / 6
     assert float(_goal_loss(pred2, goal2, "l1", 1.0)) == pytest.approx((1 + 2) / 2 + outside)
+
+
+class _Gain(torch.nn.Module):
+    """A block that takes a keyword: value = gain * conv(x)."""
+
+    def __init__(self, conv: torch.nn.Module) -> None:
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
+        return self.conv(x) * gain
+
+
+class _GainModel(torch.nn.Module):
+    latent_shape = (3, 4, 5)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = _Gain(OneByOne().body[0])
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.body(z, gain=2.0)
+
+
+def test_a_block_called_with_keywords_is_solved_with_them():
+    model = _GainModel().eval()
+    spec = LayerSpec("body", "body.conv", key_axis=1)
+    z = torch.randn(1, 3, 4, 5, generator=torch.Generator().manual_seed(1))
+    obs = observe(model, spec, z)
+    assert obs.kwargs == {"gain": 2.0}
+    target = obs.linear + torch.randn(obs.linear.shape, generator=torch.Generator().manual_seed(2))
+    goal = Goal(obs, 2.0 * target, target, BOX)
+    dirs = torch.linalg.qr(torch.randn(3, 2, generator=torch.Generator().manual_seed(3)))[0].T.contiguous()
+    res = solve_update(model, spec, dirs, goal, UpdateConfig(steps=2, loss="l2", preserve=0.5))
+    x = _np_closed_form(goal, dirs, 0.5, 1e-4)
+    proj, base, want, inside = _np_problem(goal, dirs)
+    err = np.square(2.0 * (base + proj @ x - want))[inside].mean() + 0.5 * np.square(2.0 * proj @ x)[~inside].mean()
+    assert res.closed_form_loss == pytest.approx(err, rel=1e-4) and res.losses[0] == res.closed_form_loss
+
+
+def test_the_solve_uses_the_factored_path_leaves_the_global_rng_alone_and_reports_its_result(caplog):
+    import logging
+
+    model, goal, dirs = _setup()
+    torch.manual_seed(123)
+    want_next = torch.rand(3)
+    torch.manual_seed(123)
+    with caplog.at_level(logging.INFO, logger="model_rewrite.solve"):
+        res = solve_update(model, SPEC, dirs.double(), goal, UpdateConfig(steps=1))
+    assert torch.equal(torch.rand(3), want_next), "a solve draws nothing from the global generator"
+    assert caplog.records == [], "the 1x1 layer takes the factored path"
+    assert len(res.losses) == 2 and res.cancelled is False and res.closed_form_loss == res.losses[0]
+    assert res.delta.dirs.dtype == torch.float32 and res.delta.param_path == "body.0.weight"
+    assert 0 < res.seconds < 60
+    zero = solve_update(model, SPEC, dirs, goal, UpdateConfig(steps=0))
+    assert zero.losses == [] and zero.goal_loss == zero.closed_form_loss and zero.cancelled is False
+
+
+class _Refuses(torch.nn.Module):
+    """A block that refuses to run its convolution under an overridden forward (the factored path's probe fails)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        if "forward" in self.conv.__dict__:
+            raise RuntimeError("no overrides here")
+        return torch.tanh(y)
+
+
+class _Body(torch.nn.Module):
+    latent_shape = (8, 6, 6)
+
+    def __init__(self, block: torch.nn.Module) -> None:
+        super().__init__()
+        self.body = block
+
+    def forward(self, z):
+        return self.body(z)
+
+
+def _factored(model, spec, r=2):
+    from model_rewrite.hooks import call_with_weight, get_module
+    from model_rewrite.solve import _factored_block_output
+    from model_rewrite.update import delta_from_factors
+
+    obs = observe(model, spec, torch.randn(1, *model.latent_shape, generator=torch.Generator().manual_seed(3)))
+    w0 = getattr(get_module(model, spec.weight_module), spec.param_name).detach()
+    dirs = torch.linalg.qr(torch.randn(w0.shape[spec.key_axis], r, generator=torch.Generator().manual_seed(4)))[0].T
+
+    def reference(factor):
+        weight = w0 + delta_from_factors(factor, dirs, spec.key_axis)
+        return call_with_weight(get_module(model, spec.name), spec.weight_path, weight, *obs.args, **obs.kwargs)
+
+    fast = _factored_block_output(get_module(model, spec.name), get_module(model, spec.weight_module), spec, w0, dirs, obs,
+                                  reference)
+    return reference, fast
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("grouped", None),  # its weight reads 4 of the 8 key channels: not the factored shape, silently the full layer
+    ("twice", "layer body: the factored solve does not match the full layer; using the full layer"),
+    ("refuses", "layer body: factored solve unavailable (no overrides here); using the full layer"),
+])
+def test_each_fallback_to_the_full_layer_says_why(kind, message, caplog):
+    import logging
+
+    from test_update import _Twice
+
+    torch.manual_seed(0)
+    block = {"grouped": lambda: torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, padding=1, groups=2), torch.nn.Tanh()),
+             "twice": _Twice, "refuses": _Refuses}[kind]()
+    model = _Body(block).eval()
+    spec = LayerSpec("body", "body.0" if kind == "grouped" else "body.conv", key_axis=1)
+    with caplog.at_level(logging.INFO, logger="model_rewrite.solve"), torch.no_grad():
+        reference, fast = _factored(model, spec)
+    assert fast is reference
+    assert [r.getMessage() for r in caplog.records] == ([message] if message else [])
+
+
+class _LinearBlock(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(6, 4)
+        with torch.no_grad():  # large outputs: the probe's tolerance must be relative to them
+            self.lin.weight.mul_(1000.0)
+            self.lin.bias.fill_(500.0)
+
+    def forward(self, x, gain=1.0):
+        return torch.tanh(self.lin(x) / 3000.0) * 3000.0 * gain
+
+
+class _LinearModel(torch.nn.Module):
+    latent_shape = (6,)
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = _LinearBlock()
+
+    def forward(self, z):
+        return self.body(z, gain=2.0)
+
+
+def test_a_linear_layer_with_a_bias_large_outputs_and_keywords_takes_the_factored_path():
+    model = _LinearModel().eval()
+    reference, fast = _factored(model, LayerSpec("body", "body.lin", key_axis=1))
+    assert fast is not reference
+    factor = torch.randn(4, 2, generator=torch.Generator().manual_seed(9)) * 100
+    torch.testing.assert_close(fast(factor), reference(factor), rtol=1e-5, atol=1e-2)
