@@ -82,10 +82,14 @@ def test_single_key_direction_is_inverse_covariance_times_key():
     d = key_directions(k, torch.ones(1, dtype=torch.float64), c, rank=1)
     expected = torch.from_numpy(np.linalg.solve(c.numpy(), k[0].numpy()))
     torch.testing.assert_close(d[0], expected / expected.norm(), rtol=1e-8, atol=1e-8)
-    # by hand: C = diag(4, 1), k = (2, 1): C^-1 k = (0.5, 1), so d = (1, 2) / sqrt(5); the default rank is 1
+    # by hand: C = diag(4, 1), k = (2, 1): C^-1 k = (0.5, 1), so d = (1, 2) / sqrt(5)
     d = key_directions(torch.tensor([[2.0, 1.0]]), torch.ones(1), torch.diag(torch.tensor([4.0, 1.0])))
     assert d.dtype == torch.float32 and d.shape == (1, 2)
     torch.testing.assert_close(d[0], torch.tensor([1.0, 2.0]) / 5**0.5)
+    # the default rank is 1, however many keys; the default floor (1e-6) leaves a well-conditioned C exact
+    assert key_directions(torch.eye(3), torch.ones(3), torch.eye(3)).shape == (1, 3)
+    torch.testing.assert_close(solve_cov(torch.diag(torch.tensor([4.0, 0.5])), torch.ones(2)),
+                               torch.tensor([0.25, 2.0], dtype=torch.float64), rtol=1e-12, atol=0)
 
 
 def test_soft_mask_weights_scale_the_whitened_keys():
@@ -101,7 +105,7 @@ def test_directions_match_a_float64_reimplementation():
     c = _cov(8, 1)
     keys = torch.randn(40, 8, dtype=torch.float64, generator=g) + 1.0
     w = torch.rand(40, dtype=torch.float64, generator=g) + 0.1
-    for rank, floor in ((1, 1e-6), (3, 1e-6), (3, 0.3)):
+    for rank, floor in ((1, 1e-6), (3, 1e-6), (3, 0.7)):  # 0.7 of the largest eigenvalue floors most of them
         d = key_directions(keys, w, c, rank=rank, eig_floor=floor)
         ref = _np_directions(keys.numpy(), w.numpy(), c.numpy(), rank, floor)
         q = np.linalg.qr(ref.T)[0]  # orthonormal basis of the expected span
