@@ -118,3 +118,17 @@ def test_the_block_product_starts_at_256_wide_keys_and_moments_check_their_input
     s += 1  # a new tensor: changing it leaves the accumulator alone
     assert torch.equal(a.sum, torch.full((3, 3), 2.0, dtype=torch.float64)) and a.count == 2
     torch.testing.assert_close(a.moment(), torch.ones(3, 3, dtype=torch.float64))
+
+
+class _NeverRun(nn.Conv2d):
+    def forward(self, x):
+        raise RuntimeError("statistics must stop before the layer itself runs")
+
+
+def test_statistics_stop_before_the_layer_runs():
+    model = KeysAreTheLatent(3, 4, (2, 5)).eval()
+    model.body[0] = _NeverRun(3, 4, 1)
+    st = collect_key_stats(model, LayerSpec("body", "body.0", key_axis=1), StatsConfig(num_samples=4, product_dtype="float64"),
+                           latent_shape=model.latent_shape)
+    rows = _stream(0, 4, model.latent_shape).double().permute(0, 2, 3, 1).reshape(-1, 3)
+    torch.testing.assert_close(st.moment, rows.T @ rows / 40, rtol=1e-12, atol=1e-14)
