@@ -54,6 +54,8 @@ TESTS: dict[str, list[str]] = {
 # The line is the '+' side of the mutant's diff, stripped of surrounding whitespace.
 CPU = "a device move: every tensor of the test suite is on the CPU, where it changes nothing"
 PROMOTES = "float32 values enter products with float64 tensors, which promote them exactly"
+SUM64 = "a float32 product added in place to the float64 sum is converted exactly, as .to(float64) does"
+PROBE = "the probe is any seeded random factor of about the weight's scale: the identity it checks holds for all"
 EQUIVALENT: list[tuple[str, str, str, str]] = [
     ("directions", "key_directions", "w = weights.to(None, torch.float64)", CPU),
     ("directions", "key_directions", "w = weights.to(torch.float64)", CPU),
@@ -90,6 +92,34 @@ EQUIVALENT: list[tuple[str, str, str, str]] = [
      "a.T @ residual.detach().to(torch.float64))", "a float32 identity added to a float64 Gram matrix promotes exactly"),
     ("update", "lstsq_factor", "x = torch.linalg.solve(gram + lam * torch.eye(gram.shape[1], dtype=gram.dtype, device=gram.device), "
      "a.T @ residual.detach().to(torch.float64))", "the Gram matrix is square"),
+    ("stats", "collect_key_stats", "device = None", CPU),
+    ("stats", "collect_key_stats",
+     "rows = rows_from_map(run_until(model, spec.weight_module, z.to(None), record_output=False).input)", CPU),
+    ("stats", "collect_key_stats", "acc = SecondMoment(rows.shape[1], None, getattr(torch, config.product_dtype))", CPU),
+    ("stats", "SecondMoment.__init__", "self._acc = torch.zeros(dim, dim, dtype=torch.float64, device=None)", CPU),
+    ("stats", "SecondMoment.__init__", "self._acc = torch.zeros(dim, dim, dtype=torch.float64, )", CPU),
+    ("stats", "SecondMoment.add", "h = None",
+     "the full product instead of the two blocks: the same sum (its lower block is mirrored from the upper one), only slower"),
+    ("stats", "SecondMoment.add", "self._acc[:h] += (k[:, :h].T @ k).to(None)", SUM64),
+    ("stats", "SecondMoment.add", "self._acc[h:, h:] += (k[:, h:].T @ k[:, h:]).to(None)", SUM64),
+    ("stats", "SecondMoment.add", "self._acc += (k.T @ k).to(None)", SUM64),
+    ("solve", "_factored_block_output", 'projected = torch.einsum("RC,BC...->BR...", dirs, obs.keys)  # (B, r, *key grid)',
+     "einsum subscripts are labels: upper-case letters name the same contraction"),
+    ("solve", "_factored_block_output",
+     "probe = torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=w0.dtype).to(w0.device) / w0.std()", PROBE),
+    ("solve", "_factored_block_output",
+     "probe = torch.randn(shape, generator=torch.Generator().manual_seed(1), dtype=w0.dtype).to(w0.device) * w0.std()", PROBE),
+    ("solve", "_factored_block_output",
+     "probe = torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=w0.dtype).to(None) * w0.std()", CPU),
+    ("solve", "_factored_block_output",
+     "probe = torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=None).to(w0.device) * w0.std()",
+     PROBE + "; a float32 probe scaled by the weight's std takes the weight's dtype"),
+    ("solve", "_factored_block_output",
+     "probe = torch.randn(shape, generator=torch.Generator().manual_seed(0), ).to(w0.device) * w0.std()",
+     PROBE + "; a float32 probe scaled by the weight's std takes the weight's dtype"),
+    ("solve", "_factored_block_output", "if want.shape == got.shape and float((want - got).abs().max()) < "
+     "1e-4 * float(want.abs().max()) + 1e-6:", "a difference exactly at the tolerance has probability zero"),
+    ("solve", "solve_update", "rows = inside.reshape(-1).to(None)", CPU),
 ]
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",

@@ -354,3 +354,12 @@ def test_a_linear_layer_with_a_bias_large_outputs_and_keywords_takes_the_factore
     assert fast is not reference
     factor = torch.randn(4, 2, generator=torch.Generator().manual_seed(9)) * 100
     torch.testing.assert_close(fast(factor), reference(factor), rtol=1e-5, atol=1e-2)
+
+
+def test_a_layer_with_tiny_outputs_takes_the_factored_path_too():
+    model = _LinearModel().eval()
+    with torch.no_grad():
+        model.body.lin.weight.mul_(1e-9)  # outputs around 1e-3: the probe's absolute tolerance (1e-6) counts
+        model.body.lin.bias.mul_(1e-9)
+    reference, fast = _factored(model, LayerSpec("body", "body.lin", key_axis=1))
+    assert fast is not reference
