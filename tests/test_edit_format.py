@@ -64,23 +64,25 @@ def test_version_1_files_move_rank_and_eig_floor_to_keys():
 
 
 @pytest.mark.parametrize("change, error, match", [
-    (lambda d: [1, 2], InvalidEdit, "an edit file must hold a JSON object"),
-    (lambda d: {"paste": [[3, "x"]]}, InvalidEdit, "looks like the original paper's request format"),
-    (lambda d: {**d, "format": "other"}, InvalidEdit, "not a model-rewrite edit \\(format is 'other', expected 'model-rewrite-edit'\\)"),
+    (lambda d: [1, 2], InvalidEdit, "^an edit file must hold a JSON object$"),
+    (lambda d: {"paste": [[3, "x"]]}, InvalidEdit, "^this looks like the original paper's request format; load it with model_rewrite.paper_format.edit_from_paper_request \\(CLI: pass --model and --layer\\)$"),
+    (lambda d: {**d, "format": "other"}, InvalidEdit, "^not a model-rewrite edit \\(format is 'other', expected 'model-rewrite-edit'\\)$"),
     (lambda d: {k: v for k, v in d.items() if k not in ("format", "paste")}, InvalidEdit, "format is None"),
-    (lambda d: {**d, "version": 3}, IncompatibleEdit, "edit format version 3 is not supported \\(this version reads 1 and 2\\)"),
+    (lambda d: {**d, "version": 3}, IncompatibleEdit, "^edit format version 3 is not supported \\(this version reads 1 and 2\\)$"),
     (lambda d: {**d, "extra": 1, "more": 2}, InvalidEdit, "unknown key\\(s\\) \\['extra', 'more'\\] in edit"),
-    (lambda d: {**d, "model": ""}, InvalidEdit, "edit field 'model' must be a non-empty string"),
+    (lambda d: {**d, "model": ""}, InvalidEdit, "^edit field 'model' must be a non-empty string$"),
     (lambda d: {**d, "fingerprint": 5}, InvalidEdit, "edit field 'fingerprint' must be a non-empty string"),
     (lambda d: {k: v for k, v in d.items() if k != "layer"}, InvalidEdit, "edit field 'layer' must be a non-empty string"),
-    (lambda d: {**d, "paste": None}, InvalidEdit, "edit needs a 'paste' selection"),
-    (lambda d: {**d, "context": {"seed": 1}}, InvalidEdit, "edit field 'context' must be a list of selections"),
-    (lambda d: {**d, "context": [{"seed": 1}]}, InvalidEdit, "context\\[0\\] must be an object with exactly 'seed' and 'mask'"),
-    (lambda d: {**d, "copy": {**d["copy"], "x": 1}}, InvalidEdit, "copy must be an object with exactly"),
-    (lambda d: {**d, "paste": {"mask": d["paste"]["mask"]}}, InvalidEdit, "paste must be an object with exactly"),
-    (lambda d: {**d, "paste": {**d["paste"], "seed": True}}, InvalidEdit, "paste.seed must be a non-negative integer, got True"),
+    (lambda d: {**d, "paste": None}, InvalidEdit, "^edit needs a 'paste' selection$"),
+    (lambda d: {**d, "context": {"seed": 1}}, InvalidEdit, "^edit field 'context' must be a list of selections$"),
+    (lambda d: {**d, "context": [{"seed": 1}]}, InvalidEdit, "^context\\[0\\] must be an object with exactly 'seed' and 'mask'$"),
+    (lambda d: {**d, "copy": {**d["copy"], "x": 1}}, InvalidEdit, "^copy must be an object with exactly"),
+    (lambda d: {**d, "paste": {"mask": d["paste"]["mask"]}}, InvalidEdit, "^paste must be an object with exactly"),
+    (lambda d: {**d, "paste": {**d["paste"], "seed": True}}, InvalidEdit, "^paste.seed must be a non-negative integer, got True$"),
     (lambda d: {**d, "paste": {**d["paste"], "seed": 1.0}}, InvalidEdit, "paste.seed must be a non-negative integer, got 1.0"),
     (lambda d: {**d, "keys": {"rank": 0}}, InvalidEdit, "rank must be at least 1"),
+    (lambda d: {**d, "context": [5]}, InvalidEdit, "^context\\[0\\] must be an object with exactly 'seed' and 'mask'$"),
+    (lambda d: {**d, "context": [d["paste"], {**d["paste"], "seed": -2}]}, InvalidEdit, "^context\\[1\\].seed must be"),
 ])
 def test_refusals_name_the_problem(change, error, match):
     with pytest.raises(error, match=match):
@@ -106,16 +108,25 @@ def test_save_and_load_with_and_without_factors(tmp_path):
     d = _delta()
     assert (delta.param_path, delta.key_axis) == (d.param_path, d.key_axis)
     assert torch.equal(delta.factor, d.factor) and torch.equal(delta.dirs, d.dirs)
-    with pytest.raises(InvalidEdit, match="edit files end in .json, got e.txt"):
+    with pytest.raises(InvalidEdit, match="^edit files end in .json, got e.txt$"):
         save_edit(tmp_path / "e.txt", spec)
-    assert json.loads(path.read_text())["format"] == EDIT_FORMAT
+    assert path.read_text() == json.dumps(spec.to_dict(), indent=1) and json.loads(path.read_text())["format"] == EDIT_FORMAT
+    from model_rewrite.cache import load_tensors
+
+    _, meta = load_tensors(factors_path(path))
+    assert meta == {"param_path": "b16.conv.weight", "key_axis": 0, "fingerprint": "abc123", "layer": "b16",
+                    "format": EDIT_FORMAT, "version": 2}
+    with pytest.raises(InvalidEdit, match="^refusing to save an edit whose solved factors hold NaN or infinite values$"):
+        save_edit(path, spec, LowRankDelta(d.param_path, 0, d.factor, d.dirs * float("inf")))
+    with pytest.raises(InvalidEdit, match=f"^edit file {tmp_path / 'none.json'} does not exist$"):
+        load_edit(tmp_path / "none.json")
 
 
 def test_factors_for_another_model_or_layer_or_not_finite_are_refused(tmp_path):
     path = save_edit(tmp_path / "e.json", _spec(), _delta())
     for other in (_spec(fingerprint="zzz"), _spec(layer="b8")):
         path.write_text(json.dumps(other.to_dict()))
-        with pytest.raises(IncompatibleEdit, match="e.safetensors was solved for another model or layer than e.json"):
+        with pytest.raises(IncompatibleEdit, match="^e.safetensors was solved for another model or layer than e.json; delete it to re-solve$"):
             load_edit(path)
     from model_rewrite.cache import save_tensors
 
@@ -123,5 +134,5 @@ def test_factors_for_another_model_or_layer_or_not_finite_are_refused(tmp_path):
     d = _delta()
     save_tensors(factors_path(path), {"factor": d.factor * float("nan"), "dirs": d.dirs},
                  {"param_path": d.param_path, "key_axis": 0, "fingerprint": "abc123", "layer": "b16"})
-    with pytest.raises(InvalidEdit, match="holds NaN or infinite values; delete it to re-solve"):
+    with pytest.raises(InvalidEdit, match=f"^{factors_path(path)} holds NaN or infinite values; delete it to re-solve$"):
         load_edit(path)
