@@ -124,6 +124,8 @@ EQUIVALENT: list[tuple[str, str, str, str]] = [
     ("solve", "_factored_block_output", "if want.shape == got.shape and float((want - got).abs().max()) < "
      "1e-4 * float(want.abs().max()) + 1e-6:", "a difference exactly at the tolerance has probability zero"),
     ("solve", "solve_update", "rows = inside.reshape(-1).to(None)", CPU),
+    ("stack", "EditStack._sync", "weight += entry.delta.dense().to(None, weight.dtype)", CPU),
+    ("stack", "EditStack._sync", "weight += entry.delta.dense().to(weight.dtype)", CPU),
 ]
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",

@@ -190,6 +190,28 @@ def test_push_refuses_foreign_misshapen_and_non_finite_deltas():
         stack.push(LowRankDelta("c.weight", 1, d.factor, d.dirs))
     with pytest.raises(IncompatibleEdit, match=r"shape \(3, 4\) but b.weight is \(2, 5\)"):
         stack.push(LowRankDelta("b.weight", 1, d.factor, d.dirs))
-    with pytest.raises(InvalidEdit, match="NaN or infinite"):
+    with pytest.raises(InvalidEdit, match="^refusing to apply an edit with NaN or infinite values$"):
         stack.push(LowRankDelta("a.weight", 1, d.factor * float("inf"), d.dirs))
     assert stack.entries == [] and stack.base_weights() == {}
+
+
+def test_entries_keep_their_spec_and_deltas_are_added_in_the_weights_dtype():
+    from helpers import box_mask
+
+    from model_rewrite.edits import EditSpec, Selection
+
+    model = TwoLayers()
+    stack = EditStack(model)
+    spec = EditSpec("m", "f", "a", Selection(0, box_mask(4, 0, 2, 0, 2)))
+    d, _ = _delta("a.weight", 1)
+    assert stack.push(d, "x", spec).spec is spec and stack.push(d).spec is None
+    # a float64 delta on a float32 weight is rounded to float32 first, then added: 1 + 2^-24 rounds (to even)
+    # to 1, whereas adding the float64 value 2^-24 + 2^-50 and rounding the sum would give 1 + 2^-23
+    with torch.no_grad():
+        model.b.weight.fill_(1.0)
+    stack = EditStack(model)
+    dirs = torch.zeros(1, 5, dtype=torch.float64)
+    dirs[0, 0] = 1.0
+    factor = torch.full((2, 1), 2.0**-24 + 2.0**-50, dtype=torch.float64)
+    stack.push(LowRankDelta("b.weight", 1, factor, dirs))
+    assert model.b.weight.dtype == torch.float32 and bool((model.b.weight == 1.0).all())
