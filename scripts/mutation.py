@@ -12,7 +12,7 @@ why no test can tell it from the original.
     pip install -e '.[test,mutation]'
     python scripts/mutation.py                    # every module, label "after"
     python scripts/mutation.py directions masks --label before --children 2
-    python scripts/mutation.py --report           # rewrite mutation.md from mutation.json
+    python scripts/mutation.py --report           # apply EQUIVALENT to the stored results, rewrite mutation.md
 
 Not part of CI: the whole run takes about half an hour on a 2-core machine (see mutation.md).
 The process runs under `nice -n 10` with one OpenMP thread per test process.
@@ -285,6 +285,25 @@ def write_report(data: dict) -> None:
     RESULTS.with_suffix(".md").write_text("\n".join(md))
 
 
+def reclassify(res: dict) -> dict:
+    """A module's result with its not-killed mutants sorted again into survivors and equivalents by EQUIVALENT
+    (so a reason added after a run applies without running mutmut again)."""
+    items = res["survivors"] + res["equivalents"]
+    res["survivors"], res["equivalents"] = [], []
+    for item in sorted(items, key=lambda i: _sort_key(i["mutant"])):
+        reason = next((r for m, f, l, r in EQUIVALENT if m == res["module"] and f == item["function"] and l == item["line"]),
+                      None)
+        item = {k: v for k, v in item.items() if k != "reason"}
+        if reason is None:
+            res["survivors"].append(item)
+        else:
+            res["equivalents"].append({**item, "reason": reason})
+    res["equivalent"], res["survived"] = len(res["equivalents"]), len(res["survivors"])
+    scored = res["mutants"] - res["equivalent"]
+    res["score"] = round(res["killed"] / scored, 4) if scored else 1.0
+    return res
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("modules", nargs="*", help=f"modules to run (default all: {', '.join(TESTS)})")
@@ -292,10 +311,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--note", default=None, help="a line about this run for mutation.md")
     p.add_argument("--children", type=int, default=2, help="mutants tested at once (default 2)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds one module may take (default 1800)")
-    p.add_argument("--report", action="store_true", help="only rewrite mutation.md from mutation.json")
+    p.add_argument("--report", action="store_true",
+                   help="only sort the stored survivors again by EQUIVALENT and rewrite mutation.json and mutation.md")
     args = p.parse_args(argv)
     data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"runs": {}}
     if args.report:
+        for run in data["runs"].values():
+            run["modules"] = {m: reclassify(r) for m, r in run["modules"].items()}
         write_report(data)
         return 0
     unknown = sorted(set(args.modules) - set(TESTS))
