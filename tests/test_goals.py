@@ -146,7 +146,7 @@ def test_context_keys_threshold_and_layers_without_a_key_grid():
     mask[0, 10:12] = 1.0  # cell (0, 1): weight 0.02
     rows, weights = context_keys([(_obs(torch.zeros(1, 1, 2, 2), keys), mask)])
     assert rows.tolist() == [keys[0, :, 0, 1].tolist()] and weights.tolist() == [pytest.approx(0.02)]
-    with pytest.raises(InvalidEdit, match="the context masks cover no location of this layer's key grid"):
+    with pytest.raises(InvalidEdit, match="^the context masks cover no location of this layer's key grid; paint larger regions$"):
         context_keys([(_obs(torch.zeros(1, 1, 2, 2), keys), torch.full((20, 20), 1e-4))])
     # a Linear layer's keys (1, C) have no grid: the one key counts with weight 1
     flat = Observation((), {}, torch.tensor([[1.0, 2.0]]), torch.zeros(1, 3), torch.zeros(1, 3))

@@ -112,7 +112,7 @@ def test_peak_fidelity_and_verdict_edges_by_hand():
     assert verdict(0.0501, COLLATERAL_VERDICTS, higher_is_better=False) == COLLATERAL_VERDICTS[2][1]
     assert verdict(0.1, TRANSFER_VERDICTS) == TRANSFER_VERDICTS[1][1] and verdict(0.09, TRANSFER_VERDICTS) == TRANSFER_VERDICTS[2][1]
     assert verdict(3.0, LOCALITY_VERDICTS) == LOCALITY_VERDICTS[0][1] and verdict(1.5, LOCALITY_VERDICTS) == LOCALITY_VERDICTS[1][1]
-    with pytest.raises(AssertionError, match="fallback"):
+    with pytest.raises(AssertionError, match="^a verdict table ends with a fallback$"):
         verdict(0.0, ((1.0, "only"),))
 
 

@@ -47,11 +47,11 @@ def test_an_edit_in_the_middle_of_the_stack_is_measured_against_the_others_alone
 
 def test_measure_refuses_what_it_cannot_measure(rw):
     entry = rw.apply(_edit(rw, 1, "one"))
-    with pytest.raises(InvalidEdit, match="no active edit"):
+    with pytest.raises(InvalidEdit, match="^no active edit has id 2$"):
         measure_edit(rw, entry.id + 1, [1])
-    with pytest.raises(InvalidEdit, match="heat_direction 1 is out of range"):
+    with pytest.raises(InvalidEdit, match=r"^heat_direction 1 is out of range: edit 'one' has 1 direction\(s\), numbered from 0$"):
         measure_edit(rw, entry.id, [1], RenderConfig(heat_direction=1))
-    with pytest.raises(InvalidEdit, match="at least one image"):
+    with pytest.raises(InvalidEdit, match="^measure an edit on at least one image$"):
         measure_edit(rw, entry.id, [])
 
 
