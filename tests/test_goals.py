@@ -137,6 +137,9 @@ def test_erase_units_weights_the_context_and_guards_zero_variances():
     assert units.tolist() == [1, 0, 2]  # all three: the count is capped by the channels
     top = erase_units([(_obs(torch.zeros(1, 1, 1, 2), keys), mask)], torch.diag(torch.tensor([1.0, 1.0, 4.0])), 1)
     assert top.tolist() == [0]  # scores 2, 1/3, 1.5
+    keys[0, 2, 0, 0] = -3.0  # squared: the sign does not matter
+    top = erase_units([(_obs(torch.zeros(1, 1, 1, 2), keys), mask)], torch.eye(3), 1)
+    assert top.tolist() == [2]  # scores 2, 1/3, 6
 
 
 def test_context_keys_threshold_and_layers_without_a_key_grid():
@@ -152,3 +155,39 @@ def test_context_keys_threshold_and_layers_without_a_key_grid():
     flat = Observation((), {}, torch.tensor([[1.0, 2.0]]), torch.zeros(1, 3), torch.zeros(1, 3))
     rows, weights = context_keys([(flat, mask), (flat, mask)])
     assert rows.tolist() == [[1.0, 2.0], [1.0, 2.0]] and weights.tolist() == [1.0, 1.0]
+
+
+def test_weights_exactly_at_the_threshold_do_not_count():
+    from model_rewrite.goals import erase_goal, observe
+    from model_rewrite.layers import LayerSpec
+
+    at = torch.tensor(1e-3, dtype=torch.float32)  # the threshold as float32: not above it
+    keys = torch.arange(8.0).reshape(1, 2, 2, 2)
+    mask = torch.zeros(2, 2)
+    mask[0, 0], mask[1, 1] = at, 1.0
+    rows, weights = context_keys([(_obs(torch.zeros(1, 1, 2, 2), keys), mask)])
+    assert rows.tolist() == [keys[0, :, 1, 1].tolist()]
+    model, spec = KeysAreTheLatent(4, 3, (4, 5)), LayerSpec("body", "body.0", key_axis=1)
+    z = torch.randn(1, 4, 4, 5, generator=torch.Generator().manual_seed(1))
+    paste = torch.zeros(4, 5)  # the key and value grids are the image's: no resizing
+    paste[0, 0], paste[2, 2] = at, 1.0
+    goal = erase_goal(model, spec, z, observe(model, spec, z), paste, torch.tensor([1]))
+    assert goal.box == (2, 3, 2, 3)
+    erased = z.clone()
+    erased[0, 1, 2, 2] = 0.0
+    torch.testing.assert_close(goal.linear.double(), _conv(model, erased), rtol=1e-6, atol=1e-6)
+
+
+def test_observe_stops_after_the_block():
+    from model_rewrite.goals import observe
+    from model_rewrite.layers import LayerSpec
+
+    class Raises(torch.nn.Module):
+        def forward(self, x):
+            raise RuntimeError("the network must stop after the observed block")
+
+    model = KeysAreTheLatent(4, 3, (4, 5))
+    model.body.append(Raises())
+    model.body = torch.nn.Sequential(torch.nn.Sequential(model.body[0]), model.body[1])
+    obs = observe(model, LayerSpec("body.0", "body.0.0", key_axis=1), torch.randn(1, 4, 4, 5))
+    assert obs.values.shape == (1, 3, 4, 5)

@@ -169,3 +169,27 @@ def test_nested_overrides_restore_the_outer_one_then_the_class_forward():
     finally:
         h.remove()
     assert seen == [1]
+
+
+def test_call_with_weight_passes_keywords_and_run_until_records_the_output_unless_told():
+    m, x = _Two(), torch.randn(2, 3)
+    w = torch.randn(2, 3)
+    out = call_with_weight(m.b, "weight", w, input=x)
+    torch.testing.assert_close(out, torch.nn.functional.linear(x, w, m.b.bias))
+    rec = run_until(m, "a", x)
+    assert torch.equal(rec.output, m.a(x).detach())
+
+    class Refuses(nn.Linear):
+        def forward(self, x):
+            raise RuntimeError("the traced module must not run")
+
+    m.a = Refuses(3, 3)
+    rec = run_until(m, "a", x, record_output=False)
+    assert torch.equal(rec.input, x) and rec.output is None
+
+
+def test_get_module_lists_at_most_twelve_top_level_modules():
+    m = nn.Sequential(*[nn.Identity() for _ in range(14)])
+    with pytest.raises(LayerNotFound) as exc:
+        get_module(m, "x")
+    assert str(exc.value).endswith(f"top-level modules are {[str(i) for i in range(12)]}")

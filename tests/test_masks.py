@@ -165,3 +165,37 @@ def test_copy_placement_threshold_and_a_soft_patch():
     target, source = torch.zeros(1, 8, 8), torch.full((1, 8, 8), 4.0)
     out = paste_patch(target, source, copy, (1, 3, 1, 4), (4, 6, 5, 8))
     assert bool((out[0, 4:6, 5:8] == 2.0).all()) and float(out.sum()) == 2.0 * 6
+
+
+def test_mask_details_that_only_some_images_show(tmp_path):
+    def url_of(img):
+        buf = io.BytesIO()
+        img.save(buf, "PNG")
+        return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+    # a valid URL with a stray character, or a second payload, is refused rather than read leniently
+    good = url_of(Image.new("L", (2, 2), 255))
+    head, payload = good.split(";base64,")
+    for bad in (f"{head};base64,{payload[:8]}!{payload[8:]}", f"{good};base64,{payload}"):
+        with pytest.raises(InvalidEdit, match="^mask data URL is not a readable image: "):
+            mask_from_data_url(bad)
+    assert mask_from_data_url(url_of(Image.new("L", (4096, 1), 255))).shape == (1, 4096)  # the limit itself is allowed
+    # alpha masks and luminance masks are float32 (H, W); an RGB image is read by its luminance
+    rgba = Image.new("RGBA", (2, 1), (0, 0, 0, 0))
+    rgba.putpixel((1, 0), (0, 0, 0, 255))
+    assert mask_from_data_url(url_of(rgba)).dtype == torch.float32
+    const = mask_from_data_url(url_of(Image.new("RGBA", (3, 2), (255, 255, 255, 51))))
+    assert const.dtype == torch.float32 and const.shape == (2, 3)
+    rgb = Image.new("RGB", (3, 2), (255, 255, 255))
+    rgb.putpixel((0, 1), (0, 0, 0))
+    m = mask_from_data_url(url_of(rgb))
+    assert m.shape == (2, 3) and m.tolist() == [[1.0, 1.0, 1.0], [0.0, 1.0, 1.0]]
+    assert check_mask(torch.full((2, 2), 0.5), 2, "paste").tolist() == [[0.5, 0.5], [0.5, 0.5]]
+
+
+def test_copy_placement_on_a_wide_grid_ignores_faint_paste_pixels():
+    copy, paste = torch.zeros(6, 10), torch.zeros(6, 10)
+    copy[1:3, 0:4] = 1.0  # 2 x 4
+    paste[4, 9] = 1.0  # centre (4.5, 9.5): the box is shifted inside the 10 columns
+    paste[0, 0] = 1e-4  # below the threshold: not part of the paste region
+    assert copy_placement(copy, paste) == ((1, 3, 0, 4), (4, 6, 6, 10))
