@@ -89,3 +89,31 @@ def test_measure_reads_the_layer_of_an_edit_without_a_spec(rw):
     assert m.heats.shape == (2, 8, 8) and m.regions.shape == (2, 32, 32)
     given = torch.zeros(2, 3, 32, 32)
     assert torch.equal(measure_edit(rw, bare.id, [40, 41], before=given).before, given)
+
+
+def test_heat_exactly_at_the_threshold_does_not_fire():
+    from model_rewrite.report import fire_regions
+
+    heats = torch.arange(1.0, 6.0).reshape(1, 1, 5)  # the 0.5 quantile of 1..5 is 3, a value of the data
+    reg, th = fire_regions(heats, 5, 0.5)
+    assert th == 3.0 and reg[0, 0].tolist() == [False, False, False, True, True]
+
+
+def test_measure_uses_the_configured_direction_and_reports_its_threshold(rw):
+    import numpy as np
+
+    entry = rw.apply(_edit(rw, 1, "two", rank=2))
+    seeds = [40, 41, 42]
+    m = measure_edit(rw, entry.id, seeds, RenderConfig(fire_quantile=0.8, heat_direction=1))
+    want = rw.heat("b16", entry.delta.dirs, seeds, 1)
+    assert torch.equal(m.heats, want) and not torch.equal(want, rw.heat("b16", entry.delta.dirs, seeds, 0))
+    assert m.report.change.threshold == pytest.approx(float(np.quantile(want.double().numpy(), 0.8)))
+    assert m.report.change.quantile == 0.8
+
+
+def test_an_edit_of_a_weight_no_editable_layer_owns_cannot_be_measured(rw):
+    from model_rewrite.update import LowRankDelta
+
+    bare = rw.stack.push(LowRankDelta("b16.norm.weight", 0, torch.zeros(1), torch.zeros(1, 8)), "odd")
+    with pytest.raises(InvalidEdit, match="^no editable layer owns b16.norm.weight$"):
+        measure_edit(rw, bare.id, [1])
