@@ -75,3 +75,27 @@ def live_server(model: str, cache_dir: Path, edits_dir: Path, layer: str | None 
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+class KeysAreTheLatent(torch.nn.Module):
+    """A generator whose edited layer (`body.0`, a 1x1 convolution, key axis 1) reads the latent itself, with an
+    optional tail after it: its keys, linear output and values are known without running the package.
+
+    `latent_shape` is (C_in, H, W); the weights are seeded normal draws."""
+
+    def __init__(self, c_in: int, c_out: int, hw: tuple[int, int], tail: torch.nn.Module | None = None, seed: int = 0) -> None:
+        super().__init__()
+        self.latent_shape = (c_in, *hw)
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(c_in, c_out, 1), *([tail] if tail is not None else []))
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            self.body[0].weight.copy_(torch.randn(c_out, c_in, 1, 1, generator=g))
+            self.body[0].bias.copy_(torch.randn(c_out, generator=g))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.body(z)
+
+
+def hook_count(model: torch.nn.Module) -> int:
+    """Forward hooks and pre-hooks left on any module of `model`."""
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())

@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers import FACE_MODEL_REASON, has_face_model
@@ -21,16 +22,34 @@ def test_add_glasses_changes_where_the_context_fires_and_little_elsewhere(tmp_pa
                "--cache-dir", str(tmp_path / "cache")])
     assert rc == 0
     report = json.loads((out / "report.json").read_text())
-    # measured 6.1 when written (inside 0.168, outside 0.028 mean |pixel change| in [-1, 1] units)
-    assert report["ratio"] > 3.0, report
-    assert report["inside_change"] > 0.05 and report["outside_change"] < 0.05
     assert report["heldout_seeds"] == list(range(1000, 1016))
     # the written edit replays to the same images as the exported weights, and undo restores the original
     rw = Rewriter("faces", cache_dir=tmp_path / "cache")
-    original = rw.sample([1000, 1003])
+    seeds = list(range(1000, 1016))
+    original = rw.sample(seeds)
     spec, delta = load_edit(out / "edit.json")
     rw.apply(spec, delta)
     exported = Rewriter(str(out / "model.safetensors"))
-    assert torch.equal(rw.sample([1000, 1003]), exported.sample([1000, 1003]))
+    edited = rw.sample(seeds)
+    assert torch.equal(edited, exported.sample(seeds))
+    # the report's figures recomputed here from the images and the edit's direction, with NumPy: the heat of the
+    # first direction on the key grid, its 0.98 quantile over all images, nearest-neighbour cells on the pixels
+    keys = []
+    hook = rw.model.get_submodule(rw.spec(spec.layer).weight_module).register_forward_pre_hook(
+        lambda _m, args: keys.append(args[0].detach().double().numpy()))
+    try:
+        rw.sample(seeds)
+    finally:
+        hook.remove()
+    heat = np.einsum("nchw,c->nhw", np.concatenate(keys), delta.dirs[0].double().numpy())
+    threshold = np.quantile(heat, 0.98)
+    cell = 64 // heat.shape[1]
+    fires = (heat > threshold).repeat(cell, 1).repeat(cell, 2)
+    change = (edited - original).abs().mean(1).double().numpy()
+    assert report["inside_change"] == pytest.approx(change[fires].mean(), rel=1e-3)
+    assert report["outside_change"] == pytest.approx(change[~fires].mean(), rel=1e-3)
+    # what the edit is for: it changes the images where its context fires, and little elsewhere; the bound is
+    # the quality report's documented verdict "changes stay where the rule fires" (quality.LOCALITY_VERDICTS)
+    assert change[fires].mean() > 3.0 * change[~fires].mean(), report
     rw.stack.undo()
-    assert torch.equal(rw.sample([1000, 1003]), original)
+    assert torch.equal(rw.sample(seeds), original)

@@ -137,10 +137,37 @@ def test_paper_request_format_is_accepted_with_model_and_layer(rw):
         EditSpec.from_dict(req)
 
 
-def test_erase_variant_solves(rw):
-    spec = _edit(rw, erase=True, erase_units=4)
-    result = rw.solve(spec)
-    assert result.delta.is_finite() and result.goal_loss <= result.closed_form_loss + 1e-9
+def test_erase_variant_zeroes_the_units_most_specific_to_the_context(rw):
+    """The units are chosen here with NumPy (mean square under the area-averaged context masks over diag C,
+    highest first) from keys computed by running the tiny model's blocks by hand; the solve must equal the
+    one of the erase goal with exactly those units."""
+    import numpy as np
+
+    from model_rewrite.goals import erase_goal, observe
+    from model_rewrite.solve import solve_update
+
+    spec = _edit(rw, erase=True, erase_units=4, method="closed_form")
+    layer = rw.spec("b16")
+    diag = rw.stats("b16", spec.stats).moment.diagonal().numpy()
+    under, total = np.zeros(16), 0.0
+    for sel in spec.context:
+        z = torch.randn(16, 1, 1, generator=torch.Generator().manual_seed(sel.seed))[None]
+        with torch.no_grad():
+            keys = rw.model.b8(rw.model.b4(z))[0].double().numpy()  # (16, 8, 8): the input of b16's convolution
+        w = sel.mask.double().numpy().reshape(8, 4, 8, 4).mean((1, 3))  # area average to the 8x8 key grid
+        w = np.where(w > 1e-3, w, 0.0)
+        under += (keys**2 * w).sum((1, 2))
+        total += w.sum()
+    units = np.argsort(-(under / total) / diag, kind="stable")[:4]
+    got = rw.solve(spec)
+    z = rw.latents([spec.paste.seed])
+    obs = observe(rw.model, layer, z)
+    goal = erase_goal(rw.model, layer, z, obs, spec.paste.mask, torch.from_numpy(units))
+    want = solve_update(rw.model, layer, rw.edit_directions(spec), goal, spec.update)
+    assert torch.equal(got.delta.factor, want.delta.factor)
+    other = erase_goal(rw.model, layer, z, obs, spec.paste.mask, torch.from_numpy(np.argsort(under / total / diag)[:4]))
+    assert not torch.equal(solve_update(rw.model, layer, rw.edit_directions(spec), other, spec.update).delta.factor,
+                           got.delta.factor), "the least specific units give another edit"
 
 
 def test_unknown_model_name_is_a_clear_error():

@@ -11,7 +11,8 @@ from helpers import box_mask
 
 from model_rewrite import KeyConfig, Rewriter, Selection, StatsConfig, UpdateConfig
 from model_rewrite.config import RenderConfig
-from model_rewrite.quality import COLLATERAL_VERDICTS, FIDELITY_VERDICTS, fidelity, quality_report, verdict
+from model_rewrite.quality import (COLLATERAL_VERDICTS, FIDELITY_VERDICTS, LOCALITY_VERDICTS, TRANSFER_VERDICTS, fidelity,
+                                   quality_report, verdict)
 from model_rewrite.update import LowRankDelta
 
 
@@ -97,3 +98,57 @@ def test_erase_edits_have_no_preview_to_compare(tmp_path):
     entry = rw.apply(edit)
     q = quality_report(rw, entry.id, range(40, 44))
     assert q.paste_fidelity is None and q.transfer is None and q.verdicts["transfer"].startswith("not measured")
+
+
+def test_peak_fidelity_and_verdict_edges_by_hand():
+    from model_rewrite.quality import LOCALITY_VERDICTS, TRANSFER_VERDICTS, _peak
+
+    heat = torch.zeros(2, 4)
+    heat[1, 3] = 5.0  # cell (1, 3) of a 2x4 grid on 8 px: centre (1.5 * 4, 3.5 * 2)
+    assert _peak(heat, 8) == (6.0, 7.0)
+    same = torch.zeros(3, 2, 2)
+    assert fidelity(same, same, same, (0, 2, 0, 2)) == 1.0  # nothing to draw and nothing drawn
+    assert fidelity(same + 1, same, same, (0, 2, 0, 2)) == 0.0  # nothing to draw, but changed
+    assert verdict(0.05, COLLATERAL_VERDICTS, higher_is_better=False) == COLLATERAL_VERDICTS[1][1]
+    assert verdict(0.0501, COLLATERAL_VERDICTS, higher_is_better=False) == COLLATERAL_VERDICTS[2][1]
+    assert verdict(0.1, TRANSFER_VERDICTS) == TRANSFER_VERDICTS[1][1] and verdict(0.09, TRANSFER_VERDICTS) == TRANSFER_VERDICTS[2][1]
+    assert verdict(3.0, LOCALITY_VERDICTS) == LOCALITY_VERDICTS[0][1] and verdict(1.5, LOCALITY_VERDICTS) == LOCALITY_VERDICTS[1][1]
+    with pytest.raises(AssertionError, match="^a verdict table ends with a fallback$"):
+        verdict(0.0, ((1.0, "only"),))
+
+
+def test_collateral_fires_on_and_the_lines_follow_their_definitions(tmp_path):
+    from model_rewrite.report import measure_edit
+
+    rw = Rewriter("tiny", cache_dir=tmp_path / "c")
+    m = box_mask(32, 8, 20, 8, 20)
+    edit = rw.new_edit("b16", paste=Selection(3, m), copy=Selection(1, box_mask(32, 2, 14, 2, 14)),
+                       context=[Selection(3, m)], stats=StatsConfig(num_samples=50), update=UpdateConfig(steps=5), name="q")
+    entry = rw.apply(edit)
+    seeds, cfg = list(range(40, 49)), RenderConfig(fire_quantile=0.9)
+    q = quality_report(rw, entry.id, seeds, cfg)
+    meas = measure_edit(rw, entry.id, seeds, cfg)
+    peaks = meas.heats.flatten(1).amax(1)
+    change = (meas.after - meas.before).abs().mean((1, 2, 3))
+    quiet = sorted(range(9), key=lambda i: float(peaks[i]))[:2]  # a quarter of 9 images, rounded down
+    assert q.collateral == pytest.approx(float(change[quiet].mean()), rel=1e-6)
+    assert q.fires_on == int((peaks > meas.report.change.threshold).sum()) and q.heldout == 9
+    assert q.change == meas.report.change and q.seeds == tuple(seeds) and (q.name, q.layer) == ("q", "b16")
+    fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
+    assert q.lines() == [
+        f"paste fidelity {fmt(q.paste_fidelity)}: {q.verdicts['paste_fidelity']}",
+        f"transfer {fmt(q.transfer)} (fires on {q.fires_on} of 9 held-out images): {q.verdicts['transfer']}",
+        f"locality {q.change.ratio:.1f}x (inside {q.change.inside_change:.3f}, outside {q.change.outside_change:.3f}): "
+        f"{q.verdicts['locality']}",
+        f"collateral {q.collateral:.3f}: {q.verdicts['collateral']}"]
+    assert q.verdicts == {"paste_fidelity": verdict(q.paste_fidelity, FIDELITY_VERDICTS),
+                          "transfer": verdict(q.transfer, TRANSFER_VERDICTS),
+                          "locality": verdict(q.change.ratio, LOCALITY_VERDICTS),
+                          "collateral": verdict(q.collateral, COLLATERAL_VERDICTS, higher_is_better=False)}
+    d = q.to_dict()
+    assert d["heldout_seeds"] == seeds and d["lines"] == q.lines() and d["ratio"] == q.change.ratio
+    assert "change" not in d and "seeds" not in d and d["collateral"] == q.collateral
+    # images passed in as originals are used instead of rendering them again
+    fake = {s: torch.zeros(3, 32, 32) for s in seeds + [1, 3]}
+    q2 = quality_report(rw, entry.id, seeds, cfg, originals=fake)
+    assert q2.change.inside_change == pytest.approx(float((meas.after.abs().mean(1))[meas.regions].mean()), rel=1e-5)

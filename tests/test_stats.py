@@ -1,10 +1,10 @@
 import pytest
 import torch
+from torch import nn
 
 from model_rewrite.config import StatsConfig
-from model_rewrite.hooks import run_until
-from model_rewrite.latents import latent_stream
-from model_rewrite.layers import resolve_layer
+from helpers import KeysAreTheLatent, hook_count
+from model_rewrite.layers import LayerSpec
 from model_rewrite.stats import SecondMoment, collect_key_stats, rows_from_map
 
 
@@ -63,18 +63,74 @@ def test_statistics_memory_does_not_grow_with_samples():
     assert sizes == {64}
 
 
-def test_collect_key_stats_matches_direct_computation_and_leaves_model_intact(tiny):
-    spec = resolve_layer(tiny, "b16")
-    state = {k: v.clone() for k, v in tiny.state_dict().items()}
-    cfg = StatsConfig(num_samples=30, batch_size=7, product_dtype="float64")
-    st = collect_key_stats(tiny, spec, cfg, latent_shape=tiny.latent_shape)
-    z = torch.cat(list(latent_stream(cfg.stats_seed, 30, tiny.latent_shape, 30)))
-    with torch.no_grad():
-        rows = rows_from_map(run_until(tiny, "b16.conv", z).input).double()
-    torch.testing.assert_close(st.moment, rows.T @ rows / rows.shape[0], rtol=1e-10, atol=1e-12)
-    assert st.count == 30 * 8 * 8
-    assert all(torch.equal(state[k], v) for k, v in tiny.state_dict().items())
-    assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in tiny.modules()) == 0
-    # the batch size does not change the result
-    st2 = collect_key_stats(tiny, spec, StatsConfig(num_samples=30, batch_size=30, product_dtype="float64"), latent_shape=tiny.latent_shape)
-    torch.testing.assert_close(st.moment, st2.moment, rtol=1e-10, atol=1e-12)
+def _stream(seed: int, count: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """The documented statistics stream, written out: one generator seeded seed + 0x5EED0000, drawn in
+    chunks of 1024 latents (here a single chunk)."""
+    assert count <= 1024
+    return torch.randn((count, *shape), generator=torch.Generator().manual_seed(seed + 0x5EED0000))
+
+
+def test_collect_key_stats_equals_a_float64_moment_computed_here_and_leaves_model_intact():
+    model = KeysAreTheLatent(3, 4, (2, 5), tail=nn.Tanh()).eval()
+    spec = LayerSpec("body", "body.0", key_axis=1)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    calls = []
+    cfg = StatsConfig(num_samples=30, batch_size=7, stats_seed=7, product_dtype="float64")
+    st = collect_key_stats(model, spec, cfg, latent_shape=model.latent_shape, progress=lambda d, t: calls.append((d, t)))
+    z = _stream(7, 30, model.latent_shape).double()  # keys = the latent: (30, 3, 2, 5)
+    rows = z.permute(0, 2, 3, 1).reshape(-1, 3)  # one row per image and location, channels as columns
+    torch.testing.assert_close(st.moment, rows.T @ rows / 300, rtol=1e-12, atol=1e-14)
+    assert (st.count, st.num_samples, st.seed, st.layer, st.dim) == (300, 30, 7, "body", 3)
+    assert st.moment.dtype == torch.float64
+    assert calls == [(7, 30), (14, 30), (21, 30), (28, 30), (30, 30)]
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert hook_count(model) == 0
+    # the batch size does not change the result; float32 products stay within float32 rounding of it
+    st2 = collect_key_stats(model, spec, StatsConfig(num_samples=30, batch_size=30, stats_seed=7), latent_shape=model.latent_shape)
+    torch.testing.assert_close(st2.moment, st.moment, rtol=1e-6, atol=1e-6)
+    st3 = collect_key_stats(model, spec, StatsConfig(num_samples=30, batch_size=30, stats_seed=7, product_dtype="float64"),
+                            latent_shape=model.latent_shape)
+    assert not torch.equal(st2.moment, st3.moment), "float32 products (the default) differ in the last bits"
+
+
+def test_rows_from_map_puts_one_location_per_row_in_image_then_row_then_column_order():
+    keys = torch.arange(2 * 3 * 2 * 2.0).reshape(2, 3, 2, 2)  # (B=2, C=3, H=2, W=2)
+    rows = rows_from_map(keys)
+    assert rows.shape == (8, 3)
+    # row index = b * H * W + y * W + x; column = channel
+    for b in range(2):
+        for y in range(2):
+            for x in range(2):
+                assert rows[b * 4 + y * 2 + x].tolist() == keys[b, :, y, x].tolist()
+    flat = torch.arange(6.0).reshape(2, 3)
+    assert rows_from_map(flat) is flat  # a key batch (B, C) is already rows
+    line = torch.arange(12.0).reshape(1, 3, 4)  # (B, C, L)
+    assert rows_from_map(line).tolist() == line[0].T.tolist()
+
+
+def test_the_block_product_starts_at_256_wide_keys_and_moments_check_their_input():
+    assert SecondMoment(255)._split == 0 and SecondMoment(256)._split == 128
+    with pytest.raises(ValueError, match="^no keys were added$"):
+        SecondMoment(3).moment()
+    a = SecondMoment(3)
+    with pytest.raises(ValueError, match=r"cannot merge a \(4, 4\) moment into a \(3, 3\) one"):
+        a.merge(SecondMoment(4))
+    a.add(torch.ones(2, 3))
+    s = a.sum
+    s += 1  # a new tensor: changing it leaves the accumulator alone
+    assert torch.equal(a.sum, torch.full((3, 3), 2.0, dtype=torch.float64)) and a.count == 2
+    torch.testing.assert_close(a.moment(), torch.ones(3, 3, dtype=torch.float64))
+
+
+class _NeverRun(nn.Conv2d):
+    def forward(self, x):
+        raise RuntimeError("statistics must stop before the layer itself runs")
+
+
+def test_statistics_stop_before_the_layer_runs():
+    model = KeysAreTheLatent(3, 4, (2, 5)).eval()
+    model.body[0] = _NeverRun(3, 4, 1)
+    st = collect_key_stats(model, LayerSpec("body", "body.0", key_axis=1), StatsConfig(num_samples=4, product_dtype="float64"),
+                           latent_shape=model.latent_shape)
+    rows = _stream(0, 4, model.latent_shape).double().permute(0, 2, 3, 1).reshape(-1, 3)
+    torch.testing.assert_close(st.moment, rows.T @ rows / 40, rtol=1e-12, atol=1e-14)

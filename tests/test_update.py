@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -120,7 +121,8 @@ def test_constrained_optimisation_never_leaves_span_of_directions(tiny):
         assert outside.abs().max() < 1e-6 * max(delta.abs().max(), 1e-12)
         flat = delta.movedim(0, -1).reshape(-1, delta.shape[0])
         assert torch.linalg.matrix_rank(flat.double(), atol=1e-6 * float(flat.abs().max())) <= 2
-        assert result.goal_loss <= result.losses[0] + 1e-9
+        # the best iterate is returned, and Adam improved on its start (the closed form, or zero)
+        assert result.goal_loss == min(result.losses) < result.losses[0]
 
 
 def test_optimisation_reduces_the_goal_loss_and_can_be_cancelled(tiny):
@@ -249,3 +251,128 @@ def test_factored_step_falls_back_where_the_identity_does_not_hold(kind):
         reference, fast, _, _ = _reference_and_factored(model, spec)
     assert fast is reference
     assert all("forward" not in m.__dict__ for m in model.modules())
+
+
+# --- the factor algebra and its solvers by hand and against NumPy ---------------------------------------
+def test_factors_and_deltas_by_hand_for_both_key_axes():
+    from model_rewrite.update import LowRankDelta
+
+    dirs = torch.tensor([[0.0, 1.0, 0.0]])  # (r=1, C_in=3): reads key channel 1
+    factor = torch.tensor([[2.0], [-3.0]])  # Linear (C_out=2, r=1)
+    assert delta_from_factors(factor, dirs, 1).tolist() == [[0.0, 2.0, 0.0], [0.0, -3.0, 0.0]]
+    w = torch.arange(6.0).reshape(2, 3)
+    assert factor_from_delta(w, dirs, 1).tolist() == [[1.0], [4.0]]
+    assert project_rows(w, dirs, 1).tolist() == [[0.0, 1.0, 0.0], [0.0, 4.0, 0.0]]
+    # ConvTranspose2d layout (C_in, C_out, kh, kw): key axis 0
+    ft = torch.arange(1.0, 5.0).reshape(1, 2, 1, 2)  # (r=1, C_out=2, 1, 2)
+    dt = delta_from_factors(ft, dirs, 0)
+    assert dt.shape == (3, 2, 1, 2) and torch.equal(dt[1], ft[0]) and dt[0].abs().sum() == 0 == dt[2].abs().sum()
+    assert torch.equal(factor_from_delta(dt, dirs, 0), ft)
+    d = LowRankDelta("x.weight", 0, ft, dirs)
+    assert d.rank == 1 and torch.equal(d.dense(), dt) and d.is_finite()
+    assert not LowRankDelta("x.weight", 0, ft, dirs * float("nan")).is_finite()
+    assert not LowRankDelta("x.weight", 0, ft * float("inf"), dirs).is_finite()
+
+
+def test_closed_form_with_an_eigenvalue_floor_on_singular_statistics():
+    """C singular: with eig_floor > 0 the insertion uses the floored inverse, computed here with NumPy."""
+    c = np.diag([4.0, 1.0, 0.0])
+    w = np.arange(6.0).reshape(2, 3) / 5
+    k, v = np.array([[1.0, 2.0, 0.5]]), np.array([[3.0, -1.0]])
+    evals = np.maximum(np.diag(c), 1e-2 * 4.0)
+    d = (k / evals).T  # C^-1 k* with the floor: (3, 1)
+    want = ((v.T - w @ k.T) / (k @ d)) @ d.T
+    got = closed_form_insert(torch.from_numpy(w), torch.from_numpy(c), torch.from_numpy(k), torch.from_numpy(v), 1e-2)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose((w + got.numpy()) @ k.T, v.T, rtol=1e-10)
+    # float32 inputs: computed in float64, returned in the weight's dtype
+    got32 = closed_form_insert(torch.from_numpy(w).float(), torch.from_numpy(c).float(), torch.from_numpy(k).float(),
+                               torch.from_numpy(v).float(), 1e-2)
+    assert got32.dtype == torch.float32
+    np.testing.assert_allclose(got32.numpy(), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("key_axis", [0, 1])
+def test_lstsq_factor_is_ridge_regression_relative_to_the_mean_diagonal(key_axis):
+    g = torch.Generator().manual_seed(4)
+    a, b = torch.randn(30, 6, generator=g), torch.randn(30, 2, generator=g)  # r=2 directions x 3 taps, C_out=2
+    shape = (2, 5, 3, 1) if key_axis == 1 else (5, 2, 3, 1)
+    for ridge in (0.0, 0.3):
+        an, bn = a.double().numpy(), b.double().numpy()
+        gram = an.T @ an
+        x = np.linalg.solve(gram + ridge * gram.diagonal().mean() * np.eye(6), an.T @ bn)  # (r*T, C_out)
+        f = lstsq_factor(a, b, 2, shape, key_axis, ridge)
+        assert f.dtype == torch.float32 and f.is_contiguous()
+        per_out = x.T.reshape(2, 2, 3, 1)  # (C_out, r, taps)
+        want = per_out if key_axis == 1 else per_out.transpose(1, 0, 2, 3)
+        np.testing.assert_allclose(f.numpy(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_adam_step_matches_torch_optim_adam_with_other_betas_and_eps():
+    from model_rewrite.update import adam_step
+
+    g = torch.Generator().manual_seed(1)
+    p0 = torch.randn(4, 3, generator=g, dtype=D64)
+    grads = [torch.randn(4, 3, generator=g, dtype=D64) * 1e-3 for _ in range(5)]
+    ref = p0.clone().requires_grad_(True)
+    opt = torch.optim.Adam([ref], lr=0.1, betas=(0.5, 0.9), eps=1e-3)
+    ours, m, v = p0.clone(), torch.zeros_like(p0), torch.zeros_like(p0)
+    for i, gr in enumerate(grads):
+        ref.grad = gr.clone()
+        opt.step()
+        adam_step(ours, gr, m, v, i + 1, 0.1, betas=(0.5, 0.9), eps=1e-3)
+    torch.testing.assert_close(ours, ref.detach(), rtol=1e-12, atol=1e-12)
+
+
+def test_optimize_factor_follows_adam_keeps_the_best_iterate_and_reports_every_step():
+    target = torch.tensor([[1.0, -2.0], [0.5, 3.0]], dtype=D64)
+    loss_fn = lambda f: ((f - target) ** 2).sum()  # noqa: E731
+    ref = torch.zeros(2, 2, dtype=D64, requires_grad=True)
+    opt = torch.optim.Adam([ref], lr=1.5)  # a large rate: the loss goes up again, so the best is not the last
+    want = []
+    for _ in range(12):
+        opt.zero_grad()
+        loss = loss_fn(ref)
+        want.append(float(loss.detach()))
+        loss.backward()
+        opt.step()
+    want.append(float(loss_fn(ref.detach())))
+    calls = []
+    best, losses = optimize_factor(loss_fn, torch.zeros(2, 2, dtype=D64), steps=12, lr=1.5,
+                                   on_step=lambda s, l: calls.append((s, l)))
+    np.testing.assert_allclose(losses, want, rtol=1e-10)
+    assert calls == list(enumerate(losses)) and len(losses) == 13
+    assert float(loss_fn(best)) == min(losses) and min(losses) < losses[-1]
+    # stopping at once keeps the start
+    start = torch.ones(2, 2, dtype=D64)
+    best, losses = optimize_factor(loss_fn, start, steps=5, lr=0.1, on_step=lambda s, l: True)
+    assert losses == [float(loss_fn(start))] and torch.equal(best, start)
+
+
+def test_closed_form_without_a_floor_solves_exactly_and_refuses_singular_statistics():
+    c = _spd(4, 2).float()
+    w, k, v = torch.randn(3, 4), torch.randn(1, 4), torch.randn(1, 3)
+    d = np.linalg.solve(c.double().numpy(), k.double().numpy().T)  # (4, 1)
+    want = ((v.double().numpy().T - w.double().numpy() @ k.double().numpy().T) / (k.double().numpy() @ d)) @ d.T
+    got = closed_form_insert(w, c, k, v)  # float32 in, eig_floor 0: torch.linalg.solve in float64
+    assert got.dtype == torch.float32
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-5)
+    with pytest.raises(torch.linalg.LinAlgError):
+        closed_form_insert(w.double(), torch.diag(torch.tensor([4.0, 1.0, 1.0, 0.0], dtype=D64)), k.double(), v.double())
+
+
+def test_lstsq_factor_default_ridge_and_a_small_design():
+    g = torch.Generator().manual_seed(5)
+    a, b = torch.randn(30, 4, generator=g, dtype=D64), torch.randn(30, 2, generator=g, dtype=D64)
+    assert torch.equal(lstsq_factor(a, b, 2, (2, 3, 2), 1), lstsq_factor(a, b, 2, (2, 3, 2), 1, ridge=1e-4))
+    small = a * 1e-3  # mean diagonal of the Gram matrix ~ 3e-5: the ridge stays relative to it
+    gram = small.numpy().T @ small.numpy()
+    x = np.linalg.solve(gram + 0.3 * gram.diagonal().mean() * np.eye(4), small.numpy().T @ b.numpy())
+    np.testing.assert_allclose(lstsq_factor(small, b, 2, (2, 3, 2), 1, 0.3).numpy(), x.T.reshape(2, 2, 2), rtol=1e-9)
+
+
+def test_optimize_factor_keeps_the_first_of_equal_losses():
+    """A loss whose value never changes (but whose gradient moves the factor): the start stays the best."""
+    start = torch.zeros(3, dtype=D64)
+    best, losses = optimize_factor(lambda f: (f - f.detach()).sum() + 1.0, start, steps=3, lr=0.5)
+    assert losses == [1.0] * 4 and torch.equal(best, start)

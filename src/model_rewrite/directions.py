@@ -23,7 +23,8 @@ def solve_cov(cov: torch.Tensor, rhs: torch.Tensor, eig_floor: float = 1e-6) -> 
     evals, evecs = torch.linalg.eigh((c + c.T) / 2)
     floor = eig_floor * float(evals.max().clamp_min(1e-300))
     r = rhs.to(torch.float64)
-    return evecs @ ((evecs.T @ r) / evals.clamp_min(floor).reshape(-1, *([1] * (r.dim() - 1))))
+    flat = r.reshape(r.shape[0], -1)  # (C, k): a batched matmul would not contract a (C, a, b) right-hand side
+    return (evecs @ ((evecs.T @ flat) / evals.clamp_min(floor)[:, None])).reshape(r.shape)
 
 
 def key_directions(
