@@ -15,7 +15,7 @@ from .config import KeyConfig, StatsConfig, UpdateConfig
 from .directions import key_directions
 from .edits import EditSpec, Selection
 from .errors import IncompatibleEdit, InvalidEdit, SolveError
-from .goals import Observation, context_keys, copy_paste_goal, erase_goal, erase_units, observe
+from .goals import Goal, Observation, context_keys, copy_paste_goal, erase_goal, erase_units, observe
 from .hooks import get_module
 from .latents import latents_from_seeds
 from .layers import LayerSpec, editable_layers, resolve_layer
@@ -29,6 +29,7 @@ from .stats import KeyStats, collect_key_stats
 from .update import LowRankDelta
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .joint import JointResult
     from .suggest import Candidate
 
 
@@ -173,12 +174,19 @@ class Rewriter:
     def solve(self, edit: EditSpec, on_step: StepCallback | None = None) -> SolveResult:
         """Solve an edit against the current model (W0 = the current weight of its layer)."""
         self.check_edit(edit)
+        if edit.update.method == "reference":
+            spec = self.spec(edit.layer)
+            dirs = self.edit_directions(edit)
+            return self._solve_reference(edit, spec, dirs, *self._selection(spec, edit.paste, "paste"), on_step)
+        spec, dirs, goal = self.edit_goal(edit)
+        return solve_update(self.model, spec, dirs, goal, edit.update, on_step)
+
+    def edit_goal(self, edit: EditSpec) -> tuple[LayerSpec, torch.Tensor, Goal]:
+        """The layer, directions and goal of a (checked) edit on the current model, as its solve sees them."""
         spec = self.spec(edit.layer)
         cfg = edit.update
         dirs = self.edit_directions(edit)
         paste_obs, paste_mask, paste_z = self._selection(spec, edit.paste, "paste")
-        if cfg.method == "reference":
-            return self._solve_reference(edit, spec, dirs, paste_obs, paste_mask, paste_z, on_step)
         if cfg.erase or edit.copy is None:
             ctx = [self._selection(spec, s, f"context[{i}]")[:2] for i, s in enumerate(edit.context_or_paste)]
             units = erase_units(ctx, self.stats(spec.name, edit.stats).moment, cfg.erase_units)
@@ -186,7 +194,60 @@ class Rewriter:
         else:
             copy_obs, copy_mask, _ = self._selection(spec, edit.copy, "copy")
             goal = copy_paste_goal(copy_obs, copy_mask, paste_obs, paste_mask, cfg.tight_paste)
-        return solve_update(self.model, spec, dirs, goal, cfg, on_step)
+        return spec, dirs, goal
+
+    # --- many rules at once (joint.py) ----------------------------------------------------------
+    def solve_many(self, edits: Sequence[EditSpec], on_step: StepCallback | None = None,
+                   rcond: float | None = None) -> list["JointResult"]:
+        """Solve the rules at each layer together (joint.solve_joint), one result per layer in network order;
+        each layer's group is solved with the (upstream) groups before it in place, as `apply_many` stacks
+        them. The model is left as it was."""
+        from .joint import JOINT_RCOND, check_batch, prepare_rule, solve_joint
+
+        edits = check_batch([self.check_edit(e) for e in edits])
+        order = [s.name for s in editable_layers(self.model)]
+        layers = sorted(dict.fromkeys(e.layer for e in edits), key=order.index)
+        results: list[JointResult] = []
+        with self.stack.trial():
+            for layer in layers:
+                group = [e for e in edits if e.layer == layer]
+                spec = self.spec(layer)
+                cov = self.stats(layer, group[0].stats).moment
+                rules = [prepare_rule(e, *self.edit_goal(e)[1:]) for e in group]
+                results.append(solve_joint(self.model, spec, rules, cov, on_step, rcond if rcond is not None else JOINT_RCOND))
+                self.stack.push(results[-1].delta)
+        return results
+
+    def apply_many(self, edits: Sequence[EditSpec], results: Sequence["JointResult"] | None = None,
+                   on_step: StepCallback | None = None) -> list[StackEntry]:
+        """Solve the edits jointly (unless `results` are given) and push one entry per layer, as one batch that
+        undo and redo move together; each entry records its member edits."""
+        results = list(results) if results is not None else self.solve_many(edits, on_step)
+        if any(getattr(r, "cancelled", False) for r in results):
+            raise SolveError("the joint solve was cancelled")
+        for r in results:  # solved factors read from a file: made for this model and layer?
+            for m in r.members:
+                self.check_edit(m.spec)
+            if r.delta.param_path != self.spec(r.layer).param_path or any(m.spec.layer != r.layer for m in r.members):
+                raise IncompatibleEdit(f"the joint solve for layer {r.layer} changes {r.delta.param_path}, which is not "
+                                       f"that layer's weight ({self.spec(r.layer).param_path})")
+        return self.stack.push_many([(r.delta, r.name, r.members) for r in results])
+
+    def remove_member(self, entry_id: int, member: int) -> StackEntry | None:
+        """Take member `member` out of the joint entry `entry_id`: the others are solved again jointly (against
+        the model without this entry) and take its place; with none left the entry is removed (None)."""
+        entry = next((e for e in self.stack.entries if e.id == entry_id), None)
+        if entry is None or not entry.members:
+            raise InvalidEdit(f"no active joint edit has id {entry_id}")
+        if not 0 <= member < len(entry.members):
+            raise InvalidEdit(f"joint edit {entry_id} has members 0..{len(entry.members) - 1}, not {member}")
+        rest = [m.spec for i, m in enumerate(entry.members) if i != member]
+        if not rest:
+            self.stack.remove(entry_id)
+            return None
+        with self.stack.without(entry_id):
+            (result,) = self.solve_many(rest)
+        return self.stack.replace(entry_id, result.delta, result.name, result.members)
 
     def _solve_reference(self, edit: EditSpec, spec: LayerSpec, dirs: torch.Tensor, paste_obs: Observation,
                          paste_mask: torch.Tensor, paste_z: torch.Tensor, on_step: StepCallback | None) -> SolveResult:
