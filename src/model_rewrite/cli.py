@@ -23,9 +23,13 @@ log = logging.getLogger("model_rewrite")
 
 
 def _rewriter(args: argparse.Namespace):
+    from . import distributed
     from .rewrite import Rewriter
 
-    return Rewriter(args.model, device=args.device, cache_dir=args.cache_dir)
+    device = distributed.init(args.device)  # under torchrun: join the group; seeds are shared out
+    if not distributed.is_main():
+        args.quiet = True
+    return Rewriter(args.model, device=device, cache_dir=args.cache_dir)
 
 
 # --- subcommands ----------------------------------------------------------------------------------
@@ -56,6 +60,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
+    from . import distributed
+
     rw = _rewriter(args)
     cfg = _config_from_flags(args, StatsConfig)
     layers = [args.layer] if args.layer else [layer.name for layer in rw.layers()]
@@ -67,8 +73,11 @@ def cmd_stats(args: argparse.Namespace) -> int:
         finally:
             bar.close()
         path = rw.store.path_for("stats", "", {})  # directory hint only
-        print(f"{layer}: C is {st.dim}x{st.dim} from {st.count} keys ({st.num_samples} samples, seed {st.seed}) "
-              f"in {time.perf_counter() - t0:.2f}s; cache under {path.parent}")
+        procs = distributed.world()[1]
+        if distributed.is_main():
+            print(f"{layer}: C is {st.dim}x{st.dim} from {st.count} keys ({st.num_samples} samples, seed {st.seed}) "
+                  f"in {time.perf_counter() - t0:.2f}s" + (f" on {procs} processes" if procs > 1 else "")
+                  + f"; cache under {path.parent}")
     return 0
 
 

@@ -10,9 +10,11 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import torch
 from torch import nn
 
+from . import distributed
 from .cache import Store
 from .config import KeyConfig, StatsConfig, UpdateConfig
 from .directions import key_directions
+from .distributed import sharded
 from .edits import EditSpec, Selection
 from .errors import IncompatibleEdit, InvalidEdit, SolveError
 from .goals import Goal, Observation, context_keys, copy_paste_goal, erase_goal, erase_units, observe
@@ -87,8 +89,9 @@ class Rewriter:
         return latents_from_seeds(seeds, self.info.latent_shape).to(self.device)
 
     def sample(self, seeds: Sequence[int]) -> torch.Tensor:
-        """Images (N, 3, H, W) in [-1, 1] from the current (possibly edited) model."""
-        return generate(self.model, self.latents(seeds))
+        """Images (N, 3, H, W) in [-1, 1] from the current (possibly edited) model (under torchrun, each
+        process renders its block of the seeds and every process gets all of them)."""
+        return sharded(lambda part: generate(self.model, self.latents(part)), seeds)
 
     def sample_original(self, seeds: Sequence[int]) -> torch.Tensor:
         """Images from the unedited weights (the stack's W0), without touching the live model."""
@@ -97,9 +100,12 @@ class Rewriter:
             return self.sample(seeds)
         from torch.func import functional_call
 
-        z = self.latents(seeds)
-        with torch.no_grad():
-            return torch.cat([functional_call(self.model, base, (z[i : i + 32],), strict=False).cpu() for i in range(0, len(z), 32)])
+        def render(part: list[int]) -> torch.Tensor:
+            z = self.latents(part)
+            with torch.no_grad():
+                return torch.cat([functional_call(self.model, base, (z[i : i + 32],), strict=False).cpu() for i in range(0, len(z), 32)])
+
+        return sharded(render, seeds)
 
     # --- statistics -----------------------------------------------------------------------
     def stats(self, layer: str, config: StatsConfig = StatsConfig(), progress: Callable[[int, int], None] | None = None) -> KeyStats:
@@ -116,8 +122,14 @@ class Rewriter:
                 s = collect_key_stats(self.model, spec, config, latent_shape=self.info.latent_shape, progress=progress)
             return {"moment": s.moment}, {"count": s.count}
 
-        tensors, meta = self.store.get_or_compute("stats", f"{self.info.model_id.replace('/', '_')[-40:]}-{spec.name}-n{config.num_samples}-s{config.stats_seed}",
-                                                  key, compute)
+        readable = f"{self.info.model_id.replace('/', '_')[-40:]}-{spec.name}-n{config.num_samples}-s{config.stats_seed}"
+        found = self.store.load("stats", readable, key)
+        if not distributed.all_agree(found is not None):  # under torchrun every process collects its share
+            tensors, meta = compute()
+            if distributed.is_main():
+                self.store.save("stats", readable, key, tensors, meta)
+        else:
+            tensors, meta = found
         stats = KeyStats(spec.name, tensors["moment"], int(meta["count"]), config.num_samples, config.stats_seed)
         self._stats[mem_key] = stats
         return stats
@@ -285,8 +297,12 @@ class Rewriter:
     def heat(self, layer: str, dirs: torch.Tensor, seeds: Sequence[int], which: int = 0) -> torch.Tensor:
         """Heat maps (N, Hk, Wk) of direction `which` on the images `seeds`, on the CPU like `sample`."""
         spec = self.spec(layer)
-        keys = key_maps(self.model, spec, self.latents(seeds))
-        return heat_maps(keys, dirs.to(keys.device, torch.float32), which).cpu()
+
+        def heat(part: list[int]) -> torch.Tensor:
+            keys = key_maps(self.model, spec, self.latents(part))
+            return heat_maps(keys, dirs.to(keys.device, torch.float32), which).cpu()
+
+        return sharded(heat, seeds)
 
     def new_edit(self, layer: str, paste: Selection, copy: Selection | None = None, context: Sequence[Selection] = (),
                  update: UpdateConfig = UpdateConfig(), stats: StatsConfig = StatsConfig(), name: str = "",
