@@ -240,3 +240,25 @@ def test_bad_batches_are_refused_in_one_line(tmp_path):
         with pytest.raises(InvalidEdit) as exc:
             rw.solve_many(edits)
         assert words in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_a_members_quality_report_uses_its_own_selections_and_directions(tmp_path):
+    """b is listed first, so the joint entry's first direction is b's; rule a's report inside the entry must
+    read a's paste image and a's directions. On images where a fires, b (other key channels) changes
+    nothing, so a's fidelity, transfer and firing equal a's alone."""
+    from model_rewrite.config import RenderConfig
+    from model_rewrite.quality import quality_report
+
+    rw = Rewriter(SplitKeys(), cache_dir=tmp_path / "c")
+    a, b = _split_rules(rw, UpdateConfig(method="closed_form", ridge=0.0))
+    seeds, cfg = list(range(300, 340)), RenderConfig(fire_quantile=0.9)
+    alone = rw.apply(a)
+    want = quality_report(rw, alone.id, seeds, cfg)
+    rw.stack.undo()
+    (entry,) = rw.apply_many([b, a])
+    got = quality_report(rw, entry.id, seeds, cfg, member=1)
+    assert got.name == "a" and got.fires_on == want.fires_on > 0
+    assert got.paste_fidelity == pytest.approx(want.paste_fidelity, abs=1e-4)
+    assert got.transfer == pytest.approx(want.transfer, abs=1e-4)
+    with pytest.raises(InvalidEdit, match="member 2 does not exist"):
+        quality_report(rw, entry.id, seeds, cfg, member=2)
