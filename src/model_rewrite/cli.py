@@ -108,7 +108,11 @@ def _solve_with_progress(rw: Any, spec: Any, quiet: bool):
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
+    from .cli_joint import apply_joint, wants_joint
+
     rw = _rewriter(args)
+    if wants_joint(args):  # --joint, or a multi-edit file among the inputs
+        return apply_joint(rw, [Path(p) for p in args.edits], Path(args.out), args)
     edits = []
     for path in (Path(p) for p in args.edits):  # read and check every edit before any work
         spec, delta = _with_flags(*_load_edit_for(rw, path, args), args)
@@ -317,6 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("edits", nargs="+", metavar="EDIT.json")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--resolve", action="store_true", help="solve again even if solved factors lie beside the edit")
+    p.add_argument("--joint", action="store_true", help="solve the rules at each layer together; measure each rule "
+                   "alone, joint and sequential; write joint.json (a multi-edit file, read back by apply)")
+    p.add_argument("--no-interference", action="store_true", help="with --joint: skip the alone/sequential measurements")
     common(p, seeds=True)
     _add_config_flags(p, KeyConfig, "context directions")
     _add_config_flags(p, UpdateConfig, "update")
