@@ -78,48 +78,56 @@ def test_rules_with_separate_keys_solve_jointly_as_alone(tmp_path):
     assert j2.rule_losses == pytest.approx([ra.losses[best], rb.losses[best]], rel=1e-3)
 
 
-def _float64_joint_closed_form(rw: Rewriter, edits, dirs: torch.Tensor) -> torch.Tensor:
+def _float64_joint_closed_form(rw: Rewriter, edits, dirs: torch.Tensor, protect: str) -> torch.Tensor:
     """The joint least squares built row by row in float64 for the tiny model's b16 block (a ConvTranspose2d,
     4x4 kernel, stride 2, padding 1): one column per (direction, tap), its output found by running the
-    convolution on a one-hot factor."""
+    convolution on a one-hot factor. Box rows fit the goal; the other rows of a paste image (less other rules'
+    boxes on it) ask for no change along its own rule's directions (protect="own": the directions D P_i,
+    P_i = D_i^T D_i) or along all of them ("all")."""
     w = rw.model.b16.conv.weight.detach().to(torch.float64)  # (C_in, C_out, 4, 4)
     k, c_out = dirs.shape[0], w.shape[1]
     d = dirs.to(torch.float64)
-    rows, targets, weights = [], [], []
-    goals = [rw.edit_goal(e)[2] for e in edits]
-    for i, (e, goal) in enumerate(zip(edits, goals)):
-        keys = goal.obs.keys.to(torch.float64)
+
+    def design(keys: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
         cols = []
         for r in range(k):
             for t in range(16):
                 factor = torch.zeros(k, 1, 4, 4, dtype=torch.float64)
                 factor[r, 0, t // 4, t % 4] = 1.0
-                delta = torch.einsum("rc,rohw->cohw", d, factor)  # (C_in, 1, 4, 4)
+                delta = torch.einsum("rc,rohw->cohw", basis, factor)  # (C_in, 1, 4, 4)
                 cols.append(F.conv_transpose2d(keys, delta, stride=2, padding=1)[0, 0].reshape(-1))
-        a = torch.stack(cols, 1)  # (P, k * 16)
+        return torch.stack(cols, 1)  # (P, k * 16)
+
+    gram = torch.zeros(16 * k, 16 * k, dtype=torch.float64)
+    rhs = torch.zeros(16 * k, c_out, dtype=torch.float64)
+    goals = [rw.edit_goal(e)[1:] for e in edits]
+    for i, (e, (own_dirs, goal)) in enumerate(zip(edits, goals)):
+        keys = goal.obs.keys.to(torch.float64)
+        a = design(keys, d)
+        own = own_dirs.to(torch.float64)
+        held = design(keys, d @ own.T @ own) if protect == "own" else a
         hv, wv = goal.values.shape[2:]
-        own = torch.zeros(hv, wv, dtype=torch.bool)
+        inside = torch.zeros(hv, wv, dtype=torch.bool)
         y0, y1, x0, x1 = goal.box
-        own[y0:y1, x0:x1] = True
-        keep = ~own
-        for j, (o, og) in enumerate(zip(edits, goals)):
+        inside[y0:y1, x0:x1] = True
+        keep = ~inside
+        for j, (o, (_, og)) in enumerate(zip(edits, goals)):
             if j != i and o.paste.seed == e.paste.seed:
                 b0, b1, c0, c1 = og.box
                 keep[b0:b1, c0:c1] = False
-        weight = own.to(torch.float64) / own.sum() + keep.to(torch.float64) * e.update.preserve / keep.sum()
-        residual = (goal.linear - goal.obs.linear)[0].to(torch.float64).reshape(c_out, -1).T * own.reshape(-1, 1)
-        rows.append(a)
-        targets.append(residual)
-        weights.append(weight.reshape(-1))
-    a, b, wt = torch.cat(rows), torch.cat(targets), torch.cat(weights)
-    gram = (a * wt[:, None]).T @ a
+        w_in = inside.reshape(-1).to(torch.float64) / inside.sum()
+        w_out = keep.reshape(-1).to(torch.float64) * e.update.preserve / keep.sum()
+        residual = (goal.linear - goal.obs.linear)[0].to(torch.float64).reshape(c_out, -1).T
+        gram += (a * w_in[:, None]).T @ a + (held * w_out[:, None]).T @ held
+        rhs += (a * w_in[:, None]).T @ residual
     lam = edits[0].update.ridge * float(gram.diagonal().mean())
-    x = torch.linalg.solve(gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype), (a * wt[:, None]).T @ b)
+    x = torch.linalg.solve(gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype), rhs)
     factor = x.T.reshape(c_out, k, 4, 4).transpose(0, 1)  # (k, C_out, 4, 4): the key axis of a ConvTranspose2d
     return delta_from_factors(factor, d, 0)
 
 
-def test_key_space_closed_form_equals_a_float64_least_squares(tmp_path):
+@pytest.mark.parametrize("protect", ["own", "all"])
+def test_key_space_closed_form_equals_a_float64_least_squares(tmp_path, protect):
     rw = Rewriter("tiny", cache_dir=tmp_path / "c")
     stats, cfg = StatsConfig(num_samples=200), UpdateConfig(method="closed_form", preserve=0.7)
     m1, m2, m3 = box_mask(32, 8, 16, 8, 16), box_mask(32, 16, 28, 4, 12), box_mask(32, 0, 8, 20, 32)
@@ -127,11 +135,11 @@ def test_key_space_closed_form_equals_a_float64_least_squares(tmp_path):
                          update=cfg, stats=stats, name="a", keys=KeyConfig(rank=2)),
              rw.new_edit("b16", paste=Selection(3, m3), copy=Selection(2, m1), update=cfg, stats=stats, name="b"),  # same image
              rw.new_edit("b16", paste=Selection(5, m2), copy=Selection(6, m3), update=cfg, stats=stats, name="c")]
-    (joint,) = rw.solve_many(edits)
+    (joint,) = rw.solve_many(edits, protect=protect)
     dirs, kept = joint_directions([rw.edit_directions(e) for e in edits], rw.stats("b16", stats).moment)
     assert kept == [0, 1, 2, 3]
     torch.testing.assert_close(joint.delta.dirs, dirs)
-    want = _float64_joint_closed_form(rw, edits, dirs)
+    want = _float64_joint_closed_form(rw, edits, dirs, protect)
     torch.testing.assert_close(joint.delta.dense().to(torch.float64), want, rtol=2e-4, atol=2e-6)
 
 

@@ -126,8 +126,22 @@ def _cols(taps: Sequence[int], k: int, n_taps: int) -> torch.Tensor:
     return (torch.arange(k)[:, None] * n_taps + torch.tensor(list(taps))[None, :]).reshape(-1)
 
 
+def own_projectors(dirs: torch.Tensor, rules: Sequence["JointRule"]) -> torch.Tensor:
+    """Per rule (n, k, C_in): D P_i with P_i = D_i^T D_i, so that (D P_i) k are the coordinates of the change
+    along rule i's own directions (what its paste image is held against with protect="own")."""
+    return torch.stack([dirs @ r.dirs.to(dirs).T @ r.dirs.to(dirs) for r in rules])
+
+
+def holds_own(protect: str, n_rules: int) -> bool:
+    """Whether paste images are held against their own rule's directions only (one rule: the same thing)."""
+    if protect not in ("own", "all"):
+        raise ValueError(f"protect must be 'own' or 'all', got {protect!r}")
+    return protect == "own" and n_rules > 1
+
+
 def closed_form_factor(weight_module: nn.Module, spec: LayerSpec, w0: torch.Tensor, dirs: torch.Tensor,
-                       rules: Sequence["JointRule"], w_in: torch.Tensor, w_out: torch.Tensor, ridge: float) -> torch.Tensor:
+                       rules: Sequence["JointRule"], w_in: torch.Tensor, w_out: torch.Tensor, ridge: float,
+                       protect: str = "own") -> torch.Tensor:
     """The factor (weight-shaped, key axis k) minimising the joint least squares (see the module's docstring)."""
     k, out_axis = dirs.shape[0], 1 - spec.key_axis
     c_out, tap_shape = w0.shape[out_axis], tuple(w0.shape[2:])
@@ -139,7 +153,7 @@ def closed_form_factor(weight_module: nn.Module, spec: LayerSpec, w0: torch.Tens
     rhs = torch.zeros(k * n_taps, c_out, dtype=torch.float64)
     d64 = dirs.to(torch.float64)
     if table is None or pairs is None:
-        _generic(weight_module, spec, w0, dirs, rules, w_in, w_out, gram, rhs)
+        _generic(weight_module, spec, w0, dirs, rules, w_in, w_out, gram, rhs, protect)
         components = [list(range(n_taps))]
     else:
         components = _components(table)
@@ -147,9 +161,11 @@ def closed_form_factor(weight_module: nn.Module, spec: LayerSpec, w0: torch.Tens
             chunk = rules[lo:lo + CHUNK]
             keys = torch.cat([r.keys for r in chunk]).to(torch.float64).flatten(2)  # (n, C_in, Q)
             proj = torch.einsum("kc,ncq->nkq", d64, keys)  # (n, k, Q)
+            own = own_projectors(d64, chunk) if holds_own(protect, len(rules)) else None
+            held = proj if own is None else torch.einsum("nkc,ncq->nkq", own, keys)  # what each image is held against
             const = w_out[lo:lo + CHUNK].flatten(1).amax(1)  # the outside weight, one value per rule
-            _add_uniform(gram, proj * const.sqrt()[:, None, None], pairs, k, n_taps)
-            _add_rows(gram, rhs, proj, chunk, table, w_in[lo:lo + CHUNK], w_out[lo:lo + CHUNK], const, k, n_taps)
+            _add_uniform(gram, held * const.sqrt()[:, None, None], pairs, k, n_taps)
+            _add_rows(gram, rhs, proj, held, chunk, table, w_in[lo:lo + CHUNK], w_out[lo:lo + CHUNK], const, k, n_taps)
     lam = ridge * float(gram.diagonal().mean().clamp_min(1e-12))
     x = torch.zeros_like(rhs)
     for taps in components:
@@ -173,26 +189,41 @@ def _add_uniform(gram: torch.Tensor, y: torch.Tensor, pairs: dict, k: int, n_tap
             gram[_cols([t], k, n_taps)[:, None], _cols([u], k, n_taps)[None, :]] += block
 
 
-def _add_rows(gram: torch.Tensor, rhs: torch.Tensor, proj: torch.Tensor, rules: Sequence["JointRule"],
-              table: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor, const: torch.Tensor, k: int,
-              n_taps: int) -> None:
-    """The positions whose weight differs from the rule's constant outside weight (its box, other rules' boxes),
-    row by row, grouped by the taps they read; and the right-hand side from the box rows."""
+def _add_rows(gram: torch.Tensor, rhs: torch.Tensor, proj: torch.Tensor, held: torch.Tensor,
+              rules: Sequence["JointRule"], table: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor,
+              const: torch.Tensor, k: int, n_taps: int) -> None:
+    """Row by row: each rule's box positions with its goal (weight 1/n_in, all directions), and the positions
+    where its outside weight is not the constant the uniform part added (its box, other rules' boxes on its
+    image: weight -c_i, on what the image is held against)."""
     hv, wv = rules[0].grid
-    ri, pos, adj, res = [], [], [], []
+    goal_rows: list[list[torch.Tensor]] = [[], [], [], []]  # rule, position, weight, residual
+    fix_rows: list[list[torch.Tensor]] = [[], [], []]
     for i, r in enumerate(rules):
-        weight = (w_in[i] + w_out[i]).flatten() - const[i]
-        p = torch.nonzero((weight != 0) | (w_in[i].flatten() > 0)).flatten()  # every box row carries the goal
+        inside = torch.nonzero(w_in[i].flatten() > 0).flatten()
         b = torch.zeros(hv, wv, r.residual.shape[0], dtype=torch.float64)
         y0, y1, x0, x1 = r.box
-        b[y0:y1, x0:x1] = r.residual.to(torch.float64).permute(1, 2, 0) * w_in[i, y0:y1, x0:x1, None]
-        ri.append(torch.full((len(p),), i))
-        pos.append(p)
-        adj.append(weight[p])
-        res.append(b.reshape(hv * wv, -1)[p])
-    ri, pos, adj, res = torch.cat(ri), torch.cat(pos), torch.cat(adj), torch.cat(res)
+        b[y0:y1, x0:x1] = r.residual.to(torch.float64).permute(1, 2, 0)
+        for lst, v in zip(goal_rows, (torch.full((len(inside),), i), inside, w_in[i].flatten()[inside],
+                                      b.reshape(hv * wv, -1)[inside])):
+            lst.append(v)
+        if const[i] > 0:
+            off = torch.nonzero(w_out[i].flatten() != const[i]).flatten()
+            for lst, v in zip(fix_rows, (torch.full((len(off),), i), off, torch.full((len(off),), -float(const[i]),
+                                                                                     dtype=torch.float64))):
+                lst.append(v)
+    ri, pos, wt, res = (torch.cat(v) for v in goal_rows)
+    _add_row_set(gram, rhs, proj, ri, pos, wt, res, table, k, n_taps)
+    if fix_rows[0]:
+        ri, pos, wt = (torch.cat(v) for v in fix_rows)
+        _add_row_set(gram, None, held, ri, pos, wt, None, table, k, n_taps)
+
+
+def _add_row_set(gram: torch.Tensor, rhs: torch.Tensor | None, proj: torch.Tensor, ri: torch.Tensor, pos: torch.Tensor,
+                 wt: torch.Tensor, res: torch.Tensor | None, table: torch.Tensor, k: int, n_taps: int) -> None:
+    """gram += sum w a a^T (and rhs += sum w a b^T) over rows (rule ri, value position pos), a gathered from
+    proj (n, k, Q); rows that read the same taps share one product (a position's taps as a bit pattern; one
+    group past 62 taps)."""
     valid = table >= 0
-    # rows that read the same taps share one product (a position's taps as a bit pattern; one group past 62 taps)
     pattern = (valid.long() << torch.arange(table.shape[0])[:, None]).sum(0) if table.shape[0] < 62 else None
     group = pattern[pos] if pattern is not None else torch.zeros_like(pos)
     pq = proj.permute(0, 2, 1)  # (n, Q, k)
@@ -206,14 +237,16 @@ def _add_rows(gram: torch.Tensor, rhs: torch.Tensor, proj: torch.Tensor, rules: 
         x = padded[ri[sel][None, :], q.where(q >= 0, pq.shape[1])]  # (s, rows, k)
         x = x.permute(1, 2, 0).reshape(int(sel.sum()), -1)  # (rows, k * s), columns (r, t)
         idx = _cols(taps, k, n_taps)
-        gram[idx[:, None], idx[None, :]] += (x * adj[sel][:, None]).T @ x
-        rhs[idx] += x.T @ res[sel]
+        gram[idx[:, None], idx[None, :]] += (x * wt[sel][:, None]).T @ x
+        if rhs is not None and res is not None:
+            rhs[idx] += (x * wt[sel][:, None]).T @ res[sel]
 
 
 def _generic(weight_module: nn.Module, spec: LayerSpec, w0: torch.Tensor, dirs: torch.Tensor,
              rules: Sequence["JointRule"], w_in: torch.Tensor, w_out: torch.Tensor, gram: torch.Tensor,
-             rhs: torch.Tensor) -> None:
+             rhs: torch.Tensor, protect: str) -> None:
     """Any module: each rule's design by `update.linear_design`, weighted rows added to the normal equations."""
+    own = own_projectors(dirs, rules) if holds_own(protect, len(rules)) else None
     for i, r in enumerate(rules):
         zero = torch.zeros_like(w0)
 
@@ -223,9 +256,9 @@ def _generic(weight_module: nn.Module, spec: LayerSpec, w0: torch.Tensor, dirs: 
 
         with torch.no_grad():
             a = linear_design(change, dirs, tuple(w0.shape), spec.key_axis).to(torch.float64)  # (P, k T)
-        weight = (w_in[i] + w_out[i]).flatten()
+            held = a if own is None else linear_design(change, own[i], tuple(w0.shape), spec.key_axis).to(torch.float64)
         b = torch.zeros(*r.grid, r.residual.shape[0], dtype=torch.float64)
         y0, y1, x0, x1 = r.box
         b[y0:y1, x0:x1] = r.residual.to(torch.float64).permute(1, 2, 0)
-        gram += (a * weight[:, None]).T @ a
-        rhs += (a * weight[:, None]).T @ b.reshape(-1, b.shape[-1])
+        gram += (a * w_in[i].flatten()[:, None]).T @ a + (held * w_out[i].flatten()[:, None]).T @ held
+        rhs += (a * w_in[i].flatten()[:, None]).T @ b.reshape(-1, b.shape[-1])

@@ -210,10 +210,10 @@ class Rewriter:
 
     # --- many rules at once (joint.py) ----------------------------------------------------------
     def solve_many(self, edits: Sequence[EditSpec], on_step: StepCallback | None = None,
-                   rcond: float | None = None) -> list["JointResult"]:
+                   rcond: float | None = None, protect: str = "own") -> list["JointResult"]:
         """Solve the rules at each layer together (joint.solve_joint), one result per layer in network order;
         each layer's group is solved with the (upstream) groups before it in place, as `apply_many` stacks
-        them. The model is left as it was."""
+        them. The model is left as it was. `rcond` and `protect`: see joint.py."""
         from .joint import JOINT_RCOND, check_batch, prepare_rule, solve_joint
 
         edits = check_batch([self.check_edit(e) for e in edits])
@@ -226,7 +226,8 @@ class Rewriter:
                 spec = self.spec(layer)
                 cov = self.stats(layer, group[0].stats).moment
                 rules = [prepare_rule(e, *self.edit_goal(e)[1:]) for e in group]
-                results.append(solve_joint(self.model, spec, rules, cov, on_step, rcond if rcond is not None else JOINT_RCOND))
+                results.append(solve_joint(self.model, spec, rules, cov, on_step,
+                                           rcond if rcond is not None else JOINT_RCOND, protect))
                 self.stack.push(results[-1].delta)
         return results
 
