@@ -242,7 +242,7 @@ def solve_joint(model: nn.Module, spec: LayerSpec, rules: Sequence[JointRule], c
     w_in, w_out = weight_maps(rules)
     factor0 = closed_form_factor(weight_module, spec, w0, dirs, rules, w_in, w_out, cfg.ridge, protect)
     cf_seconds = time.perf_counter() - t0
-    refine = _Refinement(model, spec, w0, dirs, rules, w_in, w_out, holds_own(protect, len(rules)))
+    refine = JointRefinement(model, spec, w0, dirs, rules, w_in, w_out, holds_own(protect, len(rules)))
     cf_rule = refine.rule_losses(factor0)
     members = tuple(Member(r.spec, r.dirs) for r in rules)
     requested = sum(int(r.dirs.shape[0]) for r in rules)
@@ -274,7 +274,7 @@ def _cat(values: Sequence[Any]) -> Any:
     return first
 
 
-class _Refinement:
+class JointRefinement:
     """The joint loss through the block's real output, in chunks of paste images, and its Adam loop."""
 
     def __init__(self, model: nn.Module, spec: LayerSpec, w0: torch.Tensor, dirs: torch.Tensor,

@@ -98,7 +98,7 @@ def _shift_pairs(table: torch.Tensor, n_keys: int) -> dict[int, list[tuple[int, 
                 return None
             m = torch.bincount(table[t, both], minlength=n_keys).to(torch.float64)
             pairs.setdefault(int(offsets[0]), []).append((t, u, m))
-    return pairs
+    return pairs  # (t, u) at offset s and (u, t) at -s read the same positions: _add_uniform uses s >= 0
 
 
 def _components(table: torch.Tensor) -> list[list[int]]:
@@ -111,8 +111,8 @@ def _components(table: torch.Tensor) -> list[list[int]]:
             a = parent[a]
         return a
 
-    for p in range(table.shape[1]):
-        taps = torch.nonzero(valid[:, p]).flatten().tolist()
+    for pattern in torch.unique(valid.T, dim=0):  # the distinct sets of taps a position reads
+        taps = torch.nonzero(pattern).flatten().tolist()
         for t in taps[1:]:
             parent[root(t)] = root(taps[0])
     groups: dict[int, list[int]] = {}
@@ -177,16 +177,18 @@ def closed_form_factor(weight_module: nn.Module, spec: LayerSpec, w0: torch.Tens
 
 
 def _add_uniform(gram: torch.Tensor, y: torch.Tensor, pairs: dict, k: int, n_taps: int) -> None:
-    """gram += sum_i c_i sum_p a_ip a_ip^T over every position, by key offsets; y = sqrt(c_i) D k_i (n, k, Q)."""
-    yq = y.permute(2, 1, 0)  # (Q, k, n)
+    """gram += sum_i c_i sum_p a_ip a_ip^T over every position, by key offsets; y = sqrt(c_i) D k_i (n, k, Q).
+    The pairs at offset -s are the transposes of those at +s, so only s >= 0 is multiplied."""
+    yq = y.permute(2, 1, 0).contiguous()  # (Q, k, n): Y_q
     n_keys = yq.shape[0]
-    for s, plist in pairs.items():
-        q = torch.arange(max(0, -s), min(n_keys, n_keys - s))
-        z = torch.bmm(yq[q], yq[q + s].transpose(1, 2)).reshape(len(q), k * k)  # Y_q Y_{q+s}^T
-        masks = torch.stack([m[q] for _, _, m in plist])  # (pairs, len(q))
-        blocks = (masks @ z).reshape(len(plist), k, k)
-        for (t, u, _), block in zip(plist, blocks):
-            gram[_cols([t], k, n_taps)[:, None], _cols([u], k, n_taps)[None, :]] += block
+    g4 = gram.view(k, n_taps, k, n_taps)
+    for s in sorted(o for o in pairs if o >= 0):
+        z = torch.bmm(yq[: n_keys - s], yq[s:].transpose(1, 2)).reshape(n_keys - s, k * k)  # Y_q Y_{q+s}^T
+        masks = torch.stack([m[: n_keys - s] for _, _, m in pairs[s]])  # (pairs, q)
+        for (t, u, _), block in zip(pairs[s], (masks @ z).reshape(len(pairs[s]), k, k)):
+            g4[:, t, :, u] += block
+            if s > 0:  # the pair (u, t) reads its keys -s apart: the same products, transposed
+                g4[:, u, :, t] += block.T
 
 
 def _add_rows(gram: torch.Tensor, rhs: torch.Tensor, proj: torch.Tensor, held: torch.Tensor,

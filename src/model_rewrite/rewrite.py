@@ -13,7 +13,7 @@ from torch import nn
 from . import distributed
 from .cache import Store
 from .config import KeyConfig, StatsConfig, UpdateConfig
-from .directions import key_directions
+from .directions import key_directions, zca_whitener
 from .distributed import sharded
 from .edits import EditSpec, Selection
 from .errors import IncompatibleEdit, InvalidEdit, SolveError
@@ -67,6 +67,8 @@ class Rewriter:
         self.store = Store(cache_dir)
         self.stack = EditStack(self.model)
         self._stats: dict[tuple[str, StatsConfig], KeyStats] = {}
+        self._whiteners: dict[tuple[str, StatsConfig, float], torch.Tensor] = {}
+        self._recent: dict[tuple[str, int], Observation] | None = None  # set while solve_many prepares rules
 
     # --- looking at the model -------------------------------------------------------------
     def layers(self) -> list[LayerInfo]:
@@ -138,7 +140,14 @@ class Rewriter:
     def _selection(self, spec: LayerSpec, sel: Selection, what: str) -> tuple[Observation, torch.Tensor, torch.Tensor]:
         mask = check_mask(sel.mask, self.info.resolution, what).to(self.device)
         z = self.latents([sel.seed])
-        return observe(self.model, spec, z), mask, z
+        if self._recent is None:
+            return observe(self.model, spec, z), mask, z
+        key = (spec.name, sel.seed)  # while many rules are prepared: the last few images seen (a rule's paste is
+        if key not in self._recent:  # often its context too), never more, to keep memory at N x key map
+            self._recent[key] = observe(self.model, spec, z)
+            while len(self._recent) > 4:
+                self._recent.pop(next(iter(self._recent)))
+        return self._recent[key], mask, z
 
     def check_edit(self, edit: EditSpec) -> EditSpec:
         """The one check that an edit fits this model: made for it (by fingerprint), an editable
@@ -172,7 +181,11 @@ class Rewriter:
             raise InvalidEdit("give at least one context selection")
         obs = [self._selection(spec, s, f"context[{i}]")[:2] for i, s in enumerate(context)]
         k, weights = rows(obs)
-        return key_directions(k, weights, self.stats(spec.name, stats).moment, keys.rank, keys.eig_floor)
+        moment = self.stats(spec.name, stats).moment
+        wkey = (spec.name, stats, keys.eig_floor)
+        if wkey not in self._whiteners:
+            self._whiteners[wkey] = zca_whitener(moment, keys.eig_floor)
+        return key_directions(k, weights, moment, keys.rank, keys.eig_floor, self._whiteners[wkey])
 
     def edit_directions(self, edit: EditSpec) -> torch.Tensor:
         """The directions an edit defines: its context (or paste region), KeyConfig and StatsConfig; the
@@ -225,7 +238,11 @@ class Rewriter:
                 group = [e for e in edits if e.layer == layer]
                 spec = self.spec(layer)
                 cov = self.stats(layer, group[0].stats).moment
-                rules = [prepare_rule(e, *self.edit_goal(e)[1:]) for e in group]
+                self._recent = {}
+                try:
+                    rules = [prepare_rule(e, *self.edit_goal(e)[1:]) for e in group]
+                finally:
+                    self._recent = None
                 results.append(solve_joint(self.model, spec, rules, cov, on_step,
                                            rcond if rcond is not None else JOINT_RCOND, protect))
                 self.stack.push(results[-1].delta)
