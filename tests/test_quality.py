@@ -11,7 +11,7 @@ from helpers import box_mask
 
 from model_rewrite import KeyConfig, Rewriter, Selection, StatsConfig, UpdateConfig
 from model_rewrite.config import RenderConfig
-from model_rewrite.quality import (COLLATERAL_VERDICTS, FIDELITY_VERDICTS, LOCALITY_VERDICTS, TRANSFER_VERDICTS, fidelity,
+from model_rewrite.quality import (GOAL_VERDICTS, SOLVE_VERDICTS, COLLATERAL_VERDICTS, FIDELITY_VERDICTS, LOCALITY_VERDICTS, TRANSFER_VERDICTS, fidelity,
                                    quality_report, verdict)
 from model_rewrite.update import LowRankDelta
 
@@ -140,11 +140,15 @@ def test_collateral_fires_on_and_the_lines_follow_their_definitions(tmp_path):
         f"transfer {fmt(q.transfer)} (fires on {q.fires_on} of 9 held-out images): {q.verdicts['transfer']}",
         f"locality {q.change.ratio:.1f}x (inside {q.change.inside_change:.3f}, outside {q.change.outside_change:.3f}): "
         f"{q.verdicts['locality']}",
-        f"collateral {q.collateral:.3f}: {q.verdicts['collateral']}"]
+        f"collateral {q.collateral:.3f}: {q.verdicts['collateral']}",
+        f"goal fidelity {fmt(q.goal_fidelity)}: {q.verdicts['goal_fidelity']}",
+        f"solve fidelity {fmt(q.solve_fidelity)}: {q.verdicts['solve_fidelity']}"]
     assert q.verdicts == {"paste_fidelity": verdict(q.paste_fidelity, FIDELITY_VERDICTS),
                           "transfer": verdict(q.transfer, TRANSFER_VERDICTS),
                           "locality": verdict(q.change.ratio, LOCALITY_VERDICTS),
-                          "collateral": verdict(q.collateral, COLLATERAL_VERDICTS, higher_is_better=False)}
+                          "collateral": verdict(q.collateral, COLLATERAL_VERDICTS, higher_is_better=False),
+                          "goal_fidelity": verdict(q.goal_fidelity, GOAL_VERDICTS),
+                          "solve_fidelity": verdict(q.solve_fidelity, SOLVE_VERDICTS)}
     d = q.to_dict()
     assert d["heldout_seeds"] == seeds and d["lines"] == q.lines() and d["ratio"] == q.change.ratio
     assert "change" not in d and "seeds" not in d and d["collateral"] == q.collateral

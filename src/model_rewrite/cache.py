@@ -157,21 +157,33 @@ class Store:
         compute: Callable[[], tuple[dict[str, torch.Tensor], dict[str, Any]]],
     ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Load the entry for `key`, or compute, store and return it."""
-        path = self.path_for(kind, readable, key)
-        full_key = {"format": CACHE_FORMAT, **key}
-        if path.exists():
-            try:
-                tensors, meta = load_tensors(path)
-                if meta.get("key") != json.loads(json.dumps(full_key)):
-                    raise CorruptCache(f"{path} holds another entry (stale key)")
-                if meta.get("sha256") != tensors_sha256(tensors):
-                    raise CorruptCache(f"{path} does not match its checksum (damaged on disk, or written before "
-                                       "checksums were kept)")
-                if not all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point()):
-                    raise CorruptCache(f"{path} holds non-finite values")
-                return tensors, meta["info"]
-            except CorruptCache as exc:
-                log.warning("cache entry rejected, recomputing: %s", exc)
+        found = self.load(kind, readable, key)
+        if found is not None:
+            return found
         tensors, info = compute()
-        save_tensors(path, tensors, {"key": full_key, "info": info, "sha256": tensors_sha256(tensors)})
+        self.save(kind, readable, key, tensors, info)
         return tensors, info
+
+    def load(self, kind: str, readable: str, key: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+        """The entry for `key`, or None when it is absent or rejected (a rejected file is reported)."""
+        path = self.path_for(kind, readable, key)
+        if not path.exists():
+            return None
+        try:
+            tensors, meta = load_tensors(path)
+            if meta.get("key") != json.loads(json.dumps({"format": CACHE_FORMAT, **key})):
+                raise CorruptCache(f"{path} holds another entry (stale key)")
+            if meta.get("sha256") != tensors_sha256(tensors):
+                raise CorruptCache(f"{path} does not match its checksum (damaged on disk, or written before "
+                                   "checksums were kept)")
+            if not all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point()):
+                raise CorruptCache(f"{path} holds non-finite values")
+            return tensors, meta["info"]
+        except CorruptCache as exc:
+            log.warning("cache entry rejected, recomputing: %s", exc)
+            return None
+
+    def save(self, kind: str, readable: str, key: dict[str, Any], tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
+        """Store an entry for `key` (atomically)."""
+        save_tensors(self.path_for(kind, readable, key), tensors,
+                     {"key": {"format": CACHE_FORMAT, **key}, "info": info, "sha256": tensors_sha256(tensors)})

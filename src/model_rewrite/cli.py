@@ -52,6 +52,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
+    from . import distributed
     from .run_edits import Progress
 
     rw = rewriter_from_args(args)
@@ -65,14 +66,21 @@ def cmd_stats(args: argparse.Namespace) -> int:
         finally:
             bar.close()
         path = rw.store.path_for("stats", "", {})  # directory hint only
-        print(f"{layer}: C is {st.dim}x{st.dim} from {st.count} keys ({st.num_samples} samples, seed {st.seed}) "
-              f"in {time.perf_counter() - t0:.2f}s; cache under {path.parent}")
+        procs = distributed.world()[1]
+        if distributed.is_main():
+            print(f"{layer}: C is {st.dim}x{st.dim} from {st.count} keys ({st.num_samples} samples, seed {st.seed}) "
+                  f"in {time.perf_counter() - t0:.2f}s" + (f" on {procs} processes" if procs > 1 else "")
+                  + f"; cache under {path.parent}")
     return 0
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
+    from .cli_joint import apply_joint, wants_joint
     from .outdir import check_output_folder, staged_folder
     from .run_edits import apply_edits
+
+    if wants_joint(args):  # --joint, or a multi-edit file among the inputs
+        return apply_joint(rewriter_from_args(args), [Path(p) for p in args.edits], Path(args.out), args)
 
     rw = rewriter_from_args(args)
     out, paths = Path(args.out), [Path(p) for p in args.edits]
@@ -194,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("edits", nargs="+", metavar="EDIT.json")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--resolve", action="store_true", help="solve again even if solved factors lie beside the edit")
+    p.add_argument("--joint", action="store_true", help="solve the rules at each layer together; measure each rule "
+                   "alone, joint and sequential; write joint.json (a multi-edit file, read back by apply)")
+    p.add_argument("--no-interference", action="store_true", help="with --joint: skip the alone/sequential measurements")
     add_common(p, seeds=True)
     add_config_flags(p, KeyConfig, "context directions")
     add_config_flags(p, UpdateConfig, "update")

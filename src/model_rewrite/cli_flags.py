@@ -106,9 +106,13 @@ def seeds_from_args(args: argparse.Namespace) -> list[int]:
 
 def rewriter_from_args(args: argparse.Namespace):
     """The Rewriter the flags describe (latents: --latents, else ours; `adopt_latents` may change it)."""
+    from . import distributed
     from .rewrite import Rewriter
 
-    return Rewriter(args.model, device=args.device, cache_dir=args.cache_dir, latents=getattr(args, "latents", None) or "seeds")
+    device = distributed.init(args.device)  # under torchrun: join the group; seeds are shared out
+    if not distributed.is_main():
+        args.quiet = True
+    return Rewriter(args.model, device=device, cache_dir=args.cache_dir, latents=getattr(args, "latents", None) or "seeds")
 
 
 def load_edit_for(rw: Any, path: Path, args: argparse.Namespace):

@@ -33,13 +33,15 @@ def key_directions(
     cov: torch.Tensor,
     rank: int = 1,
     eig_floor: float = 1e-6,
+    whitener: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Orthonormal context directions D (r, C_in) for keys selected by soft mask weights.
 
     keys: (N, C_in) keys under the context masks; weights: (N,) mask values in [0, 1].
     Keys are whitened with Z = C^(-1/2), weighted, and the top-r right singular vectors q of
     the stack give d = Z q (so a single key k gives d ~ C^-1 k). The rows are orthonormalised
-    (QR) and signed so that each agrees with the mean key's C^-1 image.
+    (QR) and signed so that each agrees with the mean key's C^-1 image. `whitener`: zca_whitener(cov,
+    eig_floor), when the caller has it already (many rules at one layer).
     """
     if keys.dim() != 2 or weights.shape != keys.shape[:1]:
         raise ValueError(f"keys (N, C) and weights (N,) expected, got {tuple(keys.shape)} and {tuple(weights.shape)}")
@@ -47,7 +49,7 @@ def key_directions(
     if not (w > 0).any():
         raise ValueError("no key has positive weight: the context selection is empty")
     rank = min(rank, int((w > 0).sum()), keys.shape[1])
-    z = zca_whitener(cov.to(keys.device), eig_floor)
+    z = zca_whitener(cov.to(keys.device), eig_floor) if whitener is None else whitener.to(keys.device, torch.float64)
     white = (keys.to(torch.float64) @ z) * w[:, None]  # (N, C_in), Z symmetric
     _, _, vh = torch.linalg.svd(white, full_matrices=False)
     dirs = vh[:rank] @ z  # rows d = Z q

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 
 from .config import RenderConfig
+from .errors import InvalidEdit
 from .masks import Box, bounding_box, box_center, copy_placement, paste_box, paste_patch
 from .report import ChangeReport, measure_edit
 
@@ -127,21 +128,29 @@ def _peak(heat: torch.Tensor, resolution: int) -> tuple[float, float]:
 
 
 def quality_report(rw: "Rewriter", entry_id: int, seeds: Sequence[int], config: RenderConfig = RenderConfig(),
-                   originals: dict[int, torch.Tensor] | None = None) -> QualityReport:
+                   originals: dict[int, torch.Tensor] | None = None, member: int | None = None) -> QualityReport:
     """Measure the active edit `entry_id` of `rw.stack` on held-out `seeds` (the model without this edit
     is the "original"). `originals` may hold images (3, R, R) of the model without this edit by seed, from
-    an earlier call, to spare rendering them again (`suggest` tries many edits on one model)."""
+    an earlier call, to spare rendering them again (`suggest` tries many edits on one model; the interference
+    report passes the unedited model's). For a joint entry, `member` names the rule measured: its own
+    selections and directions, the entry's whole change."""
     originals = originals if originals is not None else {}
     seeds = list(seeds)
     entry = next((e for e in rw.stack.entries if e.id == entry_id), None)
     spec = entry.spec if entry is not None else None
+    dirs = None
+    if entry is not None and member is not None:
+        if not 0 <= member < len(entry.members):
+            raise InvalidEdit(f"edit {entry_id} has {len(entry.members)} member(s); member {member} does not exist")
+        spec, dirs = entry.members[member].spec, entry.members[member].dirs
     wanted = seeds + ([spec.paste.seed] if spec is not None else []) + (
         [spec.copy.seed] if spec is not None and spec.copy is not None else [])
     missing = [s for s in dict.fromkeys(wanted) if s not in originals]
     if missing and entry is not None:
         with rw.stack.without(entry_id):
             originals.update(zip(missing, rw.sample(missing)))
-    m = measure_edit(rw, entry_id, seeds, config, before=torch.stack([originals[s] for s in seeds]) if entry else None)
+    m = measure_edit(rw, entry_id, seeds, config, before=torch.stack([originals[s] for s in seeds]) if entry else None,
+                     dirs=dirs)
     assert entry is not None  # measure_edit refused a missing entry
     res, heats = rw.info.resolution, m.heats  # heats (N, Hk, Wk)
     th = m.report.change.threshold
@@ -166,7 +175,8 @@ def quality_report(rw: "Rewriter", entry_id: int, seeds: Sequence[int], config: 
             goal_fid = clamp01(fidelity(rendered, paste_orig, preview, box))
         solve_fid = clamp01(fidelity(paste_edit, paste_orig, rendered, box))
     if copied:
-        paste_heat = rw.heat(m.report.layer, entry.delta.dirs, [spec.paste.seed], config.heat_direction)[0]
+        paste_heat = rw.heat(m.report.layer, entry.delta.dirs if dirs is None else dirs, [spec.paste.seed],
+                             config.heat_direction)[0]
         py, px = _peak(paste_heat, res)
         cy, cx = box_center(box)
         offset = (cy - py, cx - px)
@@ -181,5 +191,6 @@ def quality_report(rw: "Rewriter", entry_id: int, seeds: Sequence[int], config: 
                 "locality": verdict(m.report.change.ratio, LOCALITY_VERDICTS),
                 "collateral": verdict(collateral, COLLATERAL_VERDICTS, higher_is_better=False),
                 "goal_fidelity": verdict(goal_fid, GOAL_VERDICTS), "solve_fidelity": verdict(solve_fid, SOLVE_VERDICTS)}
-    return QualityReport(m.report.name, m.report.layer, tuple(seeds), int(fires.sum()), paste_fid, transfer,
+    name = (spec.name or f"member {member}") if member is not None and spec is not None else m.report.name
+    return QualityReport(name, m.report.layer, tuple(seeds), int(fires.sum()), paste_fid, transfer,
                          m.report.change, collateral, goal_fid, solve_fid, verdicts)

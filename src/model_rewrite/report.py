@@ -75,12 +75,12 @@ def change_report(before: torch.Tensor, after: torch.Tensor, regions: torch.Tens
 
 
 def measure_edit(rw: "Rewriter", entry_id: int, seeds: Sequence[int], config: RenderConfig = RenderConfig(),
-                 before: torch.Tensor | None = None) -> Measurement:
+                 before: torch.Tensor | None = None, dirs: torch.Tensor | None = None) -> Measurement:
     """Measure the active edit `entry_id` of `rw.stack` on the images `seeds`.
 
     Before = the model with every active edit but this one (pass `before` when the caller has those images
     already); after = the model as it is. The firing regions come from the edit's own direction
-    `config.heat_direction` (its strongest by default).
+    `config.heat_direction` (its strongest by default), or from `dirs` (a joint entry's member's own).
     """
     entry = next((e for e in rw.stack.entries if e.id == entry_id), None)
     if entry is None:
@@ -88,15 +88,16 @@ def measure_edit(rw: "Rewriter", entry_id: int, seeds: Sequence[int], config: Re
     seeds = list(seeds)
     if not seeds:
         raise InvalidEdit("measure an edit on at least one image")
-    if config.heat_direction >= entry.delta.rank:
+    dirs = entry.delta.dirs if dirs is None else dirs
+    if config.heat_direction >= dirs.shape[0]:
         raise InvalidEdit(f"heat_direction {config.heat_direction} is out of range: edit {entry.name!r} has "
-                          f"{entry.delta.rank} direction(s), numbered from 0")
+                          f"{dirs.shape[0]} direction(s), numbered from 0")
     layer = entry.spec.layer if entry.spec is not None else _layer_of(rw, entry.delta.param_path)
     if before is None:
         with rw.stack.without(entry.id):
             before = rw.sample(seeds)
     after = rw.sample(seeds)
-    heats = rw.heat(layer, entry.delta.dirs, seeds, config.heat_direction)
+    heats = rw.heat(layer, dirs, seeds, config.heat_direction)
     regions, th = fire_regions(heats, rw.info.resolution, config.fire_quantile)
     change = change_report(before, after, regions, th, config.fire_quantile)
     return Measurement(EditReport(entry.name, layer, tuple(seeds), change), before, after, regions, heats)

@@ -10,9 +10,11 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import torch
 from torch import nn
 
+from . import distributed
 from .cache import Store
 from .config import KeyConfig, StatsConfig, UpdateConfig
-from .directions import key_directions
+from .directions import key_directions, zca_whitener
+from .distributed import sharded
 from .edits import EditSpec, Selection, check_made_for
 from .errors import IncompatibleEdit, InvalidEdit, SolveError
 from .goals import Goal, Observation, context_keys, copy_paste_goal, erase_goal, erase_units, observe, render_values
@@ -29,6 +31,7 @@ from .stats import KeyStats, collect_key_stats
 from .update import LowRankDelta
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .joint import JointResult
     from .suggest import Candidate
 
 
@@ -69,6 +72,8 @@ class Rewriter:
         self.store = Store(cache_dir)
         self.stack = EditStack(self.model)
         self._stats: dict[tuple[str, StatsConfig], KeyStats] = {}
+        self._whiteners: dict[tuple[str, StatsConfig, float], torch.Tensor] = {}
+        self._recent: dict[tuple[str, int], Observation] | None = None  # set while solve_many prepares rules
 
     # --- looking at the model -------------------------------------------------------------
     def layers(self) -> list[LayerInfo]:
@@ -93,8 +98,9 @@ class Rewriter:
         return latents_for(self.latent_scheme, seeds, self.info.latent_shape).to(self.device)
 
     def sample(self, seeds: Sequence[int]) -> torch.Tensor:
-        """Images (N, 3, H, W) in [-1, 1] from the current (possibly edited) model."""
-        return generate(self.model, self.latents(seeds))
+        """Images (N, 3, H, W) in [-1, 1] from the current (possibly edited) model (under torchrun, each
+        process renders its block of the seeds and every process gets all of them)."""
+        return sharded(lambda part: generate(self.model, self.latents(part)), seeds)
 
     def sample_original(self, seeds: Sequence[int]) -> torch.Tensor:
         """Images from the unedited weights (the stack's W0), without touching the live model."""
@@ -103,9 +109,12 @@ class Rewriter:
             return self.sample(seeds)
         from torch.func import functional_call
 
-        z = self.latents(seeds)
-        with torch.no_grad():
-            return torch.cat([functional_call(self.model, base, (z[i : i + 32],), strict=False).cpu() for i in range(0, len(z), 32)])
+        def render(part: list[int]) -> torch.Tensor:
+            z = self.latents(part)
+            with torch.no_grad():
+                return torch.cat([functional_call(self.model, base, (z[i : i + 32],), strict=False).cpu() for i in range(0, len(z), 32)])
+
+        return sharded(render, seeds)
 
     # --- statistics -----------------------------------------------------------------------
     def stats(self, layer: str, config: StatsConfig = StatsConfig(), progress: Callable[[int, int], None] | None = None) -> KeyStats:
@@ -122,8 +131,14 @@ class Rewriter:
                 s = collect_key_stats(self.model, spec, config, latent_shape=self.info.latent_shape, progress=progress)
             return {"moment": s.moment}, {"count": s.count}
 
-        tensors, meta = self.store.get_or_compute("stats", f"{self.info.model_id.replace('/', '_')[-40:]}-{spec.name}-n{config.num_samples}-s{config.stats_seed}",
-                                                  key, compute)
+        readable = f"{self.info.model_id.replace('/', '_')[-40:]}-{spec.name}-n{config.num_samples}-s{config.stats_seed}"
+        found = self.store.load("stats", readable, key)
+        if not distributed.all_agree(found is not None):  # under torchrun every process collects its share
+            tensors, meta = compute()
+            if distributed.is_main():
+                self.store.save("stats", readable, key, tensors, meta)
+        else:
+            tensors, meta = found
         stats = KeyStats(spec.name, tensors["moment"], int(meta["count"]), config.num_samples, config.stats_seed)
         self._stats[mem_key] = stats
         return stats
@@ -132,7 +147,14 @@ class Rewriter:
     def _selection(self, spec: LayerSpec, sel: Selection, what: str) -> tuple[Observation, torch.Tensor, torch.Tensor]:
         mask = check_mask(sel.mask, self.info.resolution, what).to(self.device)
         z = self.latents([sel.seed])
-        return observe(self.model, spec, z), mask, z
+        if self._recent is None:
+            return observe(self.model, spec, z), mask, z
+        key = (spec.name, sel.seed)  # while many rules are prepared: the last few images seen (a rule's paste is
+        if key not in self._recent:  # often its context too), never more, to keep memory at N x key map
+            self._recent[key] = observe(self.model, spec, z)
+            while len(self._recent) > 4:
+                self._recent.pop(next(iter(self._recent)))
+        return self._recent[key], mask, z
 
     def check_edit(self, edit: EditSpec) -> EditSpec:
         """The one check that an edit fits this model: made for it (by fingerprint), an editable
@@ -168,7 +190,11 @@ class Rewriter:
             raise InvalidEdit("give at least one context selection")
         obs = [self._selection(spec, s, f"context[{i}]")[:2] for i, s in enumerate(context)]
         k, weights = rows(obs)
-        return key_directions(k, weights, self.stats(spec.name, stats).moment, keys.rank, keys.eig_floor)
+        moment = self.stats(spec.name, stats).moment
+        wkey = (spec.name, stats, keys.eig_floor)
+        if wkey not in self._whiteners:
+            self._whiteners[wkey] = zca_whitener(moment, keys.eig_floor)
+        return key_directions(k, weights, moment, keys.rank, keys.eig_floor, self._whiteners[wkey])
 
     def edit_directions(self, edit: EditSpec) -> torch.Tensor:
         """The directions an edit defines: its context (or paste region), KeyConfig and StatsConfig; the
@@ -216,6 +242,68 @@ class Rewriter:
             return self._solve_reference(edit, spec, dirs, paste_obs, paste_mask, paste_z, on_step)
         return solve_update(self.model, spec, dirs, self.goal(edit), edit.update, on_step)
 
+    def edit_goal(self, edit: EditSpec) -> tuple[LayerSpec, torch.Tensor, Goal]:
+        """The layer, directions and goal of a (checked) edit on the current model, as its solve sees them."""
+        return self.spec(edit.layer), self.edit_directions(edit), self.goal(edit)
+
+    # --- many rules at once (joint.py) ----------------------------------------------------------
+    def solve_many(self, edits: Sequence[EditSpec], on_step: StepCallback | None = None,
+                   rcond: float | None = None, protect: str = "own") -> list["JointResult"]:
+        """Solve the rules at each layer together (joint.solve_joint), one result per layer in network order;
+        each layer's group is solved with the (upstream) groups before it in place, as `apply_many` stacks
+        them. The model is left as it was. `rcond` and `protect`: see joint.py."""
+        from .joint import JOINT_RCOND, check_batch, prepare_rule, solve_joint
+
+        edits = check_batch([self.check_edit(e) for e in edits])
+        order = [s.name for s in editable_layers(self.model)]
+        layers = sorted(dict.fromkeys(e.layer for e in edits), key=order.index)
+        results: list[JointResult] = []
+        with self.stack.trial():
+            for layer in layers:
+                group = [e for e in edits if e.layer == layer]
+                spec = self.spec(layer)
+                cov = self.stats(layer, group[0].stats).moment
+                self._recent = {}
+                try:
+                    rules = [prepare_rule(e, *self.edit_goal(e)[1:]) for e in group]
+                finally:
+                    self._recent = None
+                results.append(solve_joint(self.model, spec, rules, cov, on_step,
+                                           rcond if rcond is not None else JOINT_RCOND, protect))
+                self.stack.push(results[-1].delta)
+        return results
+
+    def apply_many(self, edits: Sequence[EditSpec], results: Sequence["JointResult"] | None = None,
+                   on_step: StepCallback | None = None) -> list[StackEntry]:
+        """Solve the edits jointly (unless `results` are given) and push one entry per layer, as one batch that
+        undo and redo move together; each entry records its member edits."""
+        results = list(results) if results is not None else self.solve_many(edits, on_step)
+        if any(getattr(r, "cancelled", False) for r in results):
+            raise SolveError("the joint solve was cancelled")
+        for r in results:  # solved factors read from a file: made for this model and layer?
+            for m in r.members:
+                self.check_edit(m.spec)
+            if r.delta.param_path != self.spec(r.layer).param_path or any(m.spec.layer != r.layer for m in r.members):
+                raise IncompatibleEdit(f"the joint solve for layer {r.layer} changes {r.delta.param_path}, which is not "
+                                       f"that layer's weight ({self.spec(r.layer).param_path})")
+        return self.stack.push_many([(r.delta, r.name, r.members) for r in results])
+
+    def remove_member(self, entry_id: int, member: int) -> StackEntry | None:
+        """Take member `member` out of the joint entry `entry_id`: the others are solved again jointly (against
+        the model without this entry) and take its place; with none left the entry is removed (None)."""
+        entry = next((e for e in self.stack.entries if e.id == entry_id), None)
+        if entry is None or not entry.members:
+            raise InvalidEdit(f"no active joint edit has id {entry_id}")
+        if not 0 <= member < len(entry.members):
+            raise InvalidEdit(f"joint edit {entry_id} has members 0..{len(entry.members) - 1}, not {member}")
+        rest = [m.spec for i, m in enumerate(entry.members) if i != member]
+        if not rest:
+            self.stack.remove(entry_id)
+            return None
+        with self.stack.without(entry_id):
+            (result,) = self.solve_many(rest)
+        return self.stack.replace(entry_id, result.delta, result.name, result.members)
+
     def _solve_reference(self, edit: EditSpec, spec: LayerSpec, dirs: torch.Tensor, paste_obs: Observation,
                          paste_mask: torch.Tensor, paste_z: torch.Tensor, on_step: StepCallback | None) -> SolveResult:
         from . import reference
@@ -252,8 +340,12 @@ class Rewriter:
     def heat(self, layer: str, dirs: torch.Tensor, seeds: Sequence[int], which: int = 0) -> torch.Tensor:
         """Heat maps (N, Hk, Wk) of direction `which` on the images `seeds`, on the CPU like `sample`."""
         spec = self.spec(layer)
-        keys = key_maps(self.model, spec, self.latents(seeds))
-        return heat_maps(keys, dirs.to(keys.device, torch.float32), which).cpu()
+
+        def heat(part: list[int]) -> torch.Tensor:
+            keys = key_maps(self.model, spec, self.latents(part))
+            return heat_maps(keys, dirs.to(keys.device, torch.float32), which).cpu()
+
+        return sharded(heat, seeds)
 
     def new_edit(self, layer: str, paste: Selection | None, copy: Selection | None = None, context: Sequence[Selection] = (),
                  update: UpdateConfig = UpdateConfig(), stats: StatsConfig = StatsConfig(), name: str = "",

@@ -1,10 +1,13 @@
-"""The EditStack: the model's live weights are always W0 plus the sum of the active edits' deltas."""
+"""The EditStack: the model's live weights are always W0 plus the sum of the active edits' deltas.
+
+An entry is one edit, or one joint solve of several edits at a layer (its `members`). Entries pushed together
+by `push_many` (a joint solve over several layers) share a `batch` and undo and redo as one."""
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -14,14 +17,24 @@ from .errors import IncompatibleEdit, InvalidEdit
 from .update import LowRankDelta
 
 
+@dataclass(frozen=True)
+class Member:
+    """One edit solved inside a joint entry: its spec and its own context directions (for its reports)."""
+
+    spec: EditSpec
+    dirs: torch.Tensor  # (r, C_in)
+
+
 @dataclass
 class StackEntry:
-    """One applied edit in an EditStack."""
+    """One applied edit in an EditStack (or one joint solve: `members` lists the edits solved together)."""
 
     id: int
     name: str
     delta: LowRankDelta
     spec: EditSpec | None = None
+    members: tuple[Member, ...] = ()
+    batch: int = 0  # nonzero: pushed with others by one push_many; undo and redo move them together
 
 
 class EditStack:
@@ -37,6 +50,7 @@ class EditStack:
         self.entries: list[StackEntry] = []
         self.undone: list[StackEntry] = []
         self._next_id = 1
+        self._next_batch = 1
 
     def _param(self, path: str) -> nn.Parameter:
         params = dict(self.model.named_parameters())
@@ -81,38 +95,99 @@ class EditStack:
             for path in self._base:
                 self._sync(path)
 
-    def push(self, delta: LowRankDelta, name: str = "", spec: EditSpec | None = None) -> StackEntry:
-        """Apply an edit on top of the stack; clears the redo list."""
+    def _check(self, delta: LowRankDelta) -> nn.Parameter:
         param = self._param(delta.param_path)
         if delta.dense().shape != param.shape:
             raise IncompatibleEdit(f"edit delta has shape {tuple(delta.dense().shape)} but {delta.param_path} is {tuple(param.shape)}")
         if not delta.is_finite():
             raise InvalidEdit("refusing to apply an edit with NaN or infinite values")
-        self._base.setdefault(delta.param_path, param.detach().clone())
-        entry = StackEntry(self._next_id, name or f"edit {self._next_id}", delta, spec)
+        return param
+
+    def _new_entry(self, delta: LowRankDelta, name: str, spec: EditSpec | None, members: Sequence[Member],
+                   batch: int) -> StackEntry:
+        self._base.setdefault(delta.param_path, self._check(delta).detach().clone())
+        entry = StackEntry(self._next_id, name or f"edit {self._next_id}", delta, spec, tuple(members), batch)
         self._next_id += 1
+        return entry
+
+    def push(self, delta: LowRankDelta, name: str = "", spec: EditSpec | None = None,
+             members: Sequence[Member] = ()) -> StackEntry:
+        """Apply an edit (or a joint solve, with its `members`) on top of the stack; clears the redo list."""
+        entry = self._new_entry(delta, name, spec, members, 0)
         self.entries.append(entry)
         self.undone.clear()
         self._sync(delta.param_path)
         return entry
 
+    def push_many(self, items: Sequence[tuple[LowRankDelta, str, Sequence[Member]]]) -> list[StackEntry]:
+        """Apply several entries (delta, name, members) as one batch: undo and redo move them together.
+        Every delta is checked before any is applied."""
+        for delta, _, _ in items:
+            self._check(delta)
+        batch = self._next_batch if len(items) > 1 else 0
+        self._next_batch += 1
+        new = [self._new_entry(delta, name, None, members, batch) for delta, name, members in items]
+        self.entries.extend(new)
+        self.undone.clear()
+        for path in dict.fromkeys(e.delta.param_path for e in new):
+            self._sync(path)
+        return new
+
     def undo(self) -> StackEntry | None:
-        """Remove the last edit (it can be redone)."""
+        """Remove the last edit, or the last batch as one (it can be redone); returns the last removed."""
         if not self.entries:
             return None
         entry = self.entries.pop()
         self.undone.append(entry)
-        self._sync(entry.delta.param_path)
+        paths = {entry.delta.param_path}
+        while entry.batch and self.entries and self.entries[-1].batch == entry.batch:
+            entry = self.entries.pop()
+            self.undone.append(entry)
+            paths.add(entry.delta.param_path)
+        for path in sorted(paths):
+            self._sync(path)
         return entry
 
     def redo(self) -> StackEntry | None:
-        """Re-apply the last undone edit."""
+        """Re-apply the last undone edit (or batch); returns the last re-applied."""
         if not self.undone:
             return None
         entry = self.undone.pop()
         self.entries.append(entry)
-        self._sync(entry.delta.param_path)
+        paths = {entry.delta.param_path}
+        while entry.batch and self.undone and self.undone[-1].batch == entry.batch:
+            entry = self.undone.pop()
+            self.entries.append(entry)
+            paths.add(entry.delta.param_path)
+        for path in sorted(paths):
+            self._sync(path)
         return entry
+
+    def replace(self, entry_id: int, delta: LowRankDelta, name: str, members: Sequence[Member] = (),
+                spec: EditSpec | None = None) -> StackEntry:
+        """Put a new entry (a new id, the same batch) in the place of the active entry `entry_id`, as if it had
+        been pushed there: the weights are recomputed from W0 in order. Clears the redo list."""
+        for i, old in enumerate(self.entries):
+            if old.id == entry_id:
+                entry = self._new_entry(delta, name, spec, members, old.batch)
+                self.entries[i] = entry
+                self.undone.clear()
+                for path in dict.fromkeys((old.delta.param_path, delta.param_path)):
+                    self._sync(path)
+                return entry
+        raise KeyError(f"no active edit with id {entry_id}")
+
+    @contextmanager
+    def trial(self) -> Iterator[None]:
+        """Inside the block, edits may be pushed, undone and removed at will; afterwards the active and undone
+        entries are put back as they were and the weights recomputed (bit for bit)."""
+        entries, undone = list(self.entries), list(self.undone)
+        try:
+            yield
+        finally:
+            self.entries[:], self.undone[:] = entries, undone
+            for path in self._base:
+                self._sync(path)
 
     def remove(self, entry_id: int) -> StackEntry:
         """Remove any one edit, leaving the others exactly as if it had never been applied."""

@@ -52,6 +52,13 @@ class SecondMoment:
             self._acc += (k.T @ k).to(torch.float64)
         self.count += k.shape[0]
 
+    def all_reduce(self) -> None:
+        """Add the sums and counts of every process of a torch.distributed group (in float64), in place."""
+        from .distributed import all_sum_f64
+
+        self._acc = all_sum_f64(self._acc)
+        self.count = int(all_sum_f64(torch.tensor([float(self.count)])).item())
+
     def merge(self, other: "SecondMoment") -> None:
         if other._acc.shape != self._acc.shape:
             raise ValueError(f"cannot merge a {tuple(other._acc.shape)} moment into a {tuple(self._acc.shape)} one")
@@ -101,19 +108,27 @@ def collect_key_stats(
     """Run the model up to `spec`'s weight module on a seeded latent stream and accumulate C.
 
     Only the network up to the layer runs (the forward stops there). `progress(done, total)`
-    is called after each batch.
+    is called after each batch. Under torchrun (`distributed.init`) process p runs batches p, p + N, ...
+    and the float64 sums are added over processes.
     """
+    from . import distributed
+
+    rank, size = distributed.world()
     acc: SecondMoment | None = None
     done = 0
     device = next(model.parameters()).device
     with torch.no_grad():
-        for z in latent_stream(config.stats_seed, config.num_samples, latent_shape, config.batch_size):
-            rows = rows_from_map(run_until(model, spec.weight_module, z.to(device), record_output=False).input)
-            if acc is None:
-                acc = SecondMoment(rows.shape[1], rows.device, getattr(torch, config.product_dtype))
-            acc.add(rows)
+        for b, z in enumerate(latent_stream(config.stats_seed, config.num_samples, latent_shape, config.batch_size)):
+            if b % size == rank or (acc is None and b == 0):
+                keys = run_until(model, spec.weight_module, z.to(device), record_output=False).input
+                if acc is None:  # every process learns the key width from the first batch
+                    acc = SecondMoment(keys.shape[1], keys.device, getattr(torch, config.product_dtype))
+                if b % size == rank:
+                    acc.add(rows_from_map(keys))
             done += z.shape[0]
             if progress is not None:
                 progress(done, config.num_samples)
     assert acc is not None
+    if size > 1:
+        acc.all_reduce()
     return KeyStats(spec.name, acc.moment().cpu(), acc.count, config.num_samples, config.stats_seed)
