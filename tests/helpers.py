@@ -49,6 +49,22 @@ def image_from_png(data: bytes) -> np.ndarray:
 def live_server(model: str, cache_dir: Path, edits_dir: Path, layer: str | None = None,
                 timeout_s: float = 120.0) -> Iterator[str]:
     """Run `model_rewrite.server.app.serve` in a child process on a free port; yield its URL."""
+    with live_server_process(model, cache_dir, edits_dir, layer, timeout_s) as (url, _):
+        yield url
+
+
+def peak_memory_kib(pid: int) -> int:
+    """The peak resident memory (VmHWM, KiB) of process `pid`, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmHWM for process {pid}")
+
+
+@contextmanager
+def live_server_process(model: str, cache_dir: Path, edits_dir: Path, layer: str | None = None,
+                        timeout_s: float = 120.0) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Run `model_rewrite.server.app.serve` in a child process on a free port; yield its URL and process."""
     code = ("import sys; from model_rewrite.server.app import serve; "
             f"serve({model!r}, {layer!r}, '127.0.0.1', 0, {str(cache_dir)!r}, 'cpu', edits_dir={str(edits_dir)!r})")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -67,7 +83,7 @@ def live_server(model: str, cache_dir: Path, edits_dir: Path, layer: str | None 
                 url = lines.get(timeout=0.2).strip()
             except queue.Empty:
                 pass
-        yield url
+        yield url, proc
     finally:
         proc.terminate()
         try:
