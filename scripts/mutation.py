@@ -55,6 +55,7 @@ TESTS: dict[str, list[str]] = {
 CPU = "a device move: every tensor of the test suite is on the CPU, where it changes nothing"
 PROMOTES = "float32 values enter products with float64 tensors, which promote them exactly"
 SUM64 = "a float32 product added in place to the float64 sum is converted exactly, as .to(float64) does"
+F32 = "the means compared are float32 values, and no float32 value equals 1e-8: the two comparisons never differ"
 PROBE = "the probe is any seeded random factor of about the weight's scale: the identity it checks holds for all"
 EQUIVALENT: list[tuple[str, str, str, str]] = [
     ("directions", "key_directions", "w = weights.to(None, torch.float64)", CPU),
@@ -143,6 +144,12 @@ EQUIVALENT: list[tuple[str, str, str, str]] = [
      "the statistics are float64 already (KeyStats.moment), and a float32 diagonal would promote exactly"),
     ("goals", "erase_units", "score = under / cov.diagonal().to(under.device, ).clamp_min(1e-12)",
      "the statistics are float64 already (KeyStats.moment), and a float32 diagonal would promote exactly"),
+    ("quality", "fidelity", "return 1.0 - got / want if want >= 1e-8 else (1.0 if got <= 1e-8 else 0.0)", F32),
+    ("quality", "fidelity", "return 1.0 - got / want if want > 1e-8 else (1.0 if got < 1e-8 else 0.0)", F32),
+    ("quality", "quality_report", "change = (m.after - m.before).abs().flatten(2).mean(1)  # (N,)",
+     "collateral is the mean over the chosen images' pixels; averaging the colour axis first gives the same mean"),
+    ("quality", "quality_report", '"collateral": verdict(collateral, COLLATERAL_VERDICTS, higher_is_better=None)}',
+     "None is false like False"),
     ("stack", "EditStack._sync", "weight += entry.delta.dense().to(None, weight.dtype)", CPU),
     ("stack", "EditStack._sync", "weight += entry.delta.dense().to(weight.dtype)", CPU),
 ]
