@@ -55,6 +55,7 @@ TESTS: dict[str, list[str]] = {
 CPU = "a device move: every tensor of the test suite is on the CPU, where it changes nothing"
 PROMOTES = "float32 values enter products with float64 tensors, which promote them exactly"
 SUM64 = "a float32 product added in place to the float64 sum is converted exactly, as .to(float64) does"
+F32 = "the means compared are float32 values, and no float32 value equals 1e-8: the two comparisons never differ"
 PROBE = "the probe is any seeded random factor of about the weight's scale: the identity it checks holds for all"
 EQUIVALENT: list[tuple[str, str, str, str]] = [
     ("directions", "key_directions", "w = weights.to(None, torch.float64)", CPU),
@@ -143,6 +144,12 @@ EQUIVALENT: list[tuple[str, str, str, str]] = [
      "the statistics are float64 already (KeyStats.moment), and a float32 diagonal would promote exactly"),
     ("goals", "erase_units", "score = under / cov.diagonal().to(under.device, ).clamp_min(1e-12)",
      "the statistics are float64 already (KeyStats.moment), and a float32 diagonal would promote exactly"),
+    ("quality", "fidelity", "return 1.0 - got / want if want >= 1e-8 else (1.0 if got <= 1e-8 else 0.0)", F32),
+    ("quality", "fidelity", "return 1.0 - got / want if want > 1e-8 else (1.0 if got < 1e-8 else 0.0)", F32),
+    ("quality", "quality_report", "change = (m.after - m.before).abs().flatten(2).mean(1)  # (N,)",
+     "collateral is the mean over the chosen images' pixels; averaging the colour axis first gives the same mean"),
+    ("quality", "quality_report", '"collateral": verdict(collateral, COLLATERAL_VERDICTS, higher_is_better=None)}',
+     "None is false like False"),
     ("stack", "EditStack._sync", "weight += entry.delta.dense().to(None, weight.dtype)", CPU),
     ("stack", "EditStack._sync", "weight += entry.delta.dense().to(weight.dtype)", CPU),
 ]
@@ -225,31 +232,30 @@ def run_module(module: str, children: int, timeout_s: float) -> dict:
         rc = proc.returncode
     except subprocess.TimeoutExpired:
         rc = "timeout"
-    seconds = time.perf_counter() - t0
+    return collect(work, module, tests, time.perf_counter() - t0, rc)
+
+
+def collect(work: Path, module: str, tests: list[str], seconds: float, rc: object = 0) -> dict:
+    """A module's result from mutmut's records in its scratch copy `work`.
+
+    Only mutants whose tests failed count as killed. A mutant whose tests were still running after 60 times their
+    measured time ("timeout") is not counted as killed: on this busy machine that is what an unkillable mutant
+    running the module's whole test subset looks like. Like a survivor, it is either listed in EQUIVALENT or shown.
+    """
     meta_path = work / "mutants" / "src" / "model_rewrite" / f"{module}.py.meta"
     if not meta_path.exists():
         raise SystemExit(f"{module}: mutmut wrote no results (exit {rc}); see {work / 'mutmut.log'}")
     codes = json.loads(meta_path.read_text())["exit_code_by_key"]
     status = {name: STATUS.get(code, "suspicious") for name, code in codes.items()}
-    not_killed = sorted((n for n, s in status.items() if s not in ("killed", "timeout")), key=_sort_key)
+    not_killed = sorted((n for n, s in status.items() if s != "killed"), key=_sort_key)
     diffs = _diffs(work, module, not_killed)
-    equivalent, survivors = [], []
-    for name in not_killed:
-        line, function = _changed_line(diffs[name]), _function(name)
-        reason = next((r for m, f, l, r in EQUIVALENT if m == module and f == function and l == line), None)
-        item = {"mutant": name.rpartition(".")[2], "function": function, "status": status[name], "line": line}
-        if reason is not None:
-            equivalent.append({**item, "reason": reason})
-        else:
-            survivors.append({**item, "diff": _short_diff(diffs[name])})
-    total = len(status)
-    killed = sum(s in ("killed", "timeout") for s in status.values())
-    timeouts = sum(s == "timeout" for s in status.values())
-    scored = total - len(equivalent)
-    return {"module": module, "tests": tests, "mutants": total, "killed": killed, "timeouts": timeouts, "equivalent": len(equivalent),
-            "survived": len(survivors), "score": round(killed / scored, 4) if scored else 1.0,
-            "raw_score": round(killed / total, 4) if total else 1.0, "seconds": round(seconds, 1),
-            "mutmut_exit": rc, "survivors": survivors, "equivalents": equivalent}
+    items = [{"mutant": n.rpartition(".")[2], "function": _function(n), "status": status[n],
+              "line": _changed_line(diffs[n]), "diff": _short_diff(diffs[n])} for n in not_killed]
+    res = {"module": module, "tests": tests, "mutants": len(status),
+           "killed": sum(s == "killed" for s in status.values()),
+           "timeouts": sum(s == "timeout" for s in status.values()), "seconds": round(seconds, 1), "mutmut_exit": rc,
+           "survivors": items, "equivalents": []}
+    return reclassify(res)
 
 
 def _sort_key(name: str) -> tuple[str, int]:
@@ -273,27 +279,32 @@ def write_report(data: dict) -> None:
     RESULTS.write_text(json.dumps(data, indent=1) + "\n")
     md = ["# Mutation testing of the core", "",
           "Made by `scripts/mutation.py` (mutmut, one module at a time against its focused tests; see the script's",
-          "docstring). Score = killed / (mutants - equivalent); mutmut's timeouts count as killed (and are shown",
-          "apart: a mutant's tests may run at most 60 times their measured time, so on a busy machine an unkillable",
-          f"mutant can time out). Target: {TARGET:.0%} per module.", ""]
+          "docstring). Score = killed / (mutants - equivalent). A mutant whose tests still ran after 60 times their",
+          "measured time (mutmut's timeout) is not counted as killed: on a busy machine that is how an unkillable mutant",
+          "that runs its whole test subset ends; such mutants are equivalent or survivors like the others. Target: "
+          f"{TARGET:.0%} per module.", ""]
     for label, run in data.get("runs", {}).items():
         md += [f"## {label}", "", run.get("note", ""), "",
-               "| module | mutants | killed (of which timeouts) | equivalent | survived | score | seconds | tests |",
+               "| module | mutants | killed | equivalent (timed out) | survived (timed out) | score | seconds | tests |",
                "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
         mods = run["modules"]
         for m in mods.values():
-            md.append(f"| {m['module']} | {m['mutants']} | {m['killed']} ({m.get('timeouts', 0)}) | {m['equivalent']} | {m['survived']} | "
+            te = sum(e.get("status") == "timeout" for e in m["equivalents"])
+            ts = sum(e.get("status") == "timeout" for e in m["survivors"])
+            md.append(f"| {m['module']} | {m['mutants']} | {m['killed']} | {m['equivalent']} ({te}) | {m['survived']} ({ts}) | "
                       f"{m['score']:.1%} | {m['seconds']:.0f} | {', '.join(Path(t).name for t in m['tests'])} |")
         tot = {k: sum(m[k] for m in mods.values()) for k in ("mutants", "killed", "equivalent", "survived")}
         secs = sum(m["seconds"] for m in mods.values())
         scored = tot["mutants"] - tot["equivalent"]
-        tout = sum(m.get("timeouts", 0) for m in mods.values())
-        md += [f"| **all** | {tot['mutants']} | {tot['killed']} ({tout}) | {tot['equivalent']} | {tot['survived']} | "
+        te = sum(e.get("status") == "timeout" for m in mods.values() for e in m["equivalents"])
+        ts = sum(e.get("status") == "timeout" for m in mods.values() for e in m["survivors"])
+        md += [f"| **all** | {tot['mutants']} | {tot['killed']} | {tot['equivalent']} ({te}) | {tot['survived']} ({ts}) | "
                f"{tot['killed'] / max(scored, 1):.1%} | {secs:.0f} | |", ""]
         surv = [(m["module"], s) for m in mods.values() for s in m["survivors"]]
         if surv:
             md += [f"### Surviving mutants ({label})", "", "| module | mutant | mutated line |", "| --- | --- | --- |"]
-            md += [f"| {mod} | `{s['mutant']}` | `{_cell(s['line'])}` |" for mod, s in surv]
+            md += [f"| {mod} | `{s['mutant']}`{' (timed out)' if s.get('status') == 'timeout' else ''} | `{_cell(s['line'])}` |"
+                   for mod, s in surv]
             md.append("")
         eq = [(m["module"], s) for m in mods.values() for s in m["equivalents"]]
         if eq:
@@ -316,7 +327,7 @@ def reclassify(res: dict) -> dict:
         if reason is None:
             res["survivors"].append(item)
         else:
-            res["equivalents"].append({**item, "reason": reason})
+            res["equivalents"].append({**{k: v for k, v in item.items() if k != "diff"}, "reason": reason})
     res["equivalent"], res["survived"] = len(res["equivalents"]), len(res["survivors"])
     scored = res["mutants"] - res["equivalent"]
     res["score"] = round(res["killed"] / scored, 4) if scored else 1.0
@@ -324,15 +335,21 @@ def reclassify(res: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global RESULTS
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("modules", nargs="*", help=f"modules to run (default all: {', '.join(TESTS)})")
     p.add_argument("--label", default="after", help="where the results go in mutation.json (default 'after')")
     p.add_argument("--note", default=None, help="a line about this run for mutation.md")
     p.add_argument("--children", type=int, default=2, help="mutants tested at once (default 2)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds one module may take (default 1800)")
+    p.add_argument("--results", type=Path, default=RESULTS, help=f"results file (default {RESULTS.relative_to(ROOT)})")
+    p.add_argument("--collect", metavar="WORK", default=None,
+                   help="no mutmut run: read the results of the modules from the scratch copies under WORK "
+                        "(default build/mutation), keeping the run times recorded before")
     p.add_argument("--report", action="store_true",
                    help="only sort the stored survivors again by EQUIVALENT and rewrite mutation.json and mutation.md")
     args = p.parse_args(argv)
+    RESULTS = args.results
     data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"runs": {}}
     if args.report:
         for run in data["runs"].values():
@@ -347,7 +364,13 @@ def main(argv: list[str] | None = None) -> int:
         run["note"] = args.note
     failed = []
     for module in args.modules or list(TESTS):
-        res = run_module(module, args.children, args.timeout)
+        if args.collect is not None:
+            old = run["modules"].get(module, {})
+            work = Path(args.collect or WORK) / module
+            tests = [t for t in TESTS[module] if (work / t).exists()]
+            res = collect(work, module, tests, old.get("seconds", 0.0), old.get("mutmut_exit", 0))
+        else:
+            res = run_module(module, args.children, args.timeout)
         run["modules"][module] = res
         run["modules"] = {m: run["modules"][m] for m in TESTS if m in run["modules"]}
         write_report(data)

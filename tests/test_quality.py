@@ -10,6 +10,7 @@ from torch import nn
 from helpers import box_mask
 
 from model_rewrite import KeyConfig, Rewriter, Selection, StatsConfig, UpdateConfig
+from model_rewrite.errors import InvalidEdit
 from model_rewrite.config import RenderConfig
 from model_rewrite.quality import (GOAL_VERDICTS, SOLVE_VERDICTS, COLLATERAL_VERDICTS, FIDELITY_VERDICTS, LOCALITY_VERDICTS, TRANSFER_VERDICTS, fidelity,
                                    quality_report, verdict)
@@ -69,6 +70,9 @@ def test_an_exact_edit_on_a_layer_that_draws_the_image_reproduces_the_preview(tm
     # held-out = the paste image alone: it fires at its own peak, the offset is zero, so transfer = fidelity
     assert q.fires_on == 1 and q.transfer == pytest.approx(q.paste_fidelity, abs=1e-6)
     assert q.verdicts["paste_fidelity"] == FIDELITY_VERDICTS[0][1]
+    # the same with the heat of the second direction: the paste image's peak is read from that direction too
+    q1 = quality_report(rw, entry.id, [2], RenderConfig(fire_quantile=0.9, heat_direction=1))
+    assert q1.transfer == pytest.approx(q1.paste_fidelity, abs=1e-6)
 
 
 def test_a_zero_change_scores_no_fidelity_no_transfer_and_no_change(tmp_path):
@@ -98,6 +102,15 @@ def test_erase_edits_have_no_preview_to_compare(tmp_path):
     entry = rw.apply(edit)
     q = quality_report(rw, entry.id, range(40, 44))
     assert q.paste_fidelity is None and q.transfer is None and q.verdicts["transfer"].startswith("not measured")
+    assert q.lines()[0] == f"paste fidelity n/a: {verdict(None, FIDELITY_VERDICTS)}"
+    assert q.lines()[1].startswith(f"transfer n/a (fires on {q.fires_on} of 4 held-out images): ")
+    # an erase edit that also names a copy selection has no preview either
+    both = rw.new_edit("b16", paste=Selection(3, m), copy=Selection(1, m), context=[Selection(3, m)],
+                       stats=StatsConfig(num_samples=50), update=UpdateConfig(erase=True, erase_units=3, steps=5))
+    q = quality_report(rw, rw.apply(both).id, range(40, 44))
+    assert q.paste_fidelity is None and q.transfer is None
+    with pytest.raises(InvalidEdit, match="^no active edit has id 99$"):
+        quality_report(rw, 99, [1])
 
 
 def test_peak_fidelity_and_verdict_edges_by_hand():
@@ -132,6 +145,31 @@ def test_collateral_fires_on_and_the_lines_follow_their_definitions(tmp_path):
     change = (meas.after - meas.before).abs().mean((1, 2, 3))
     quiet = sorted(range(9), key=lambda i: float(peaks[i]))[:2]  # a quarter of 9 images, rounded down
     assert q.collateral == pytest.approx(float(change[quiet].mean()), rel=1e-6)
+    # transfer by its documented rule: on each image that fires, the copied patch lands at the image's heat peak
+    # plus the paste box's offset from the paste image's own peak; the mean fidelity there
+    from model_rewrite.masks import box_center, copy_placement, paste_box, paste_patch
+
+    def peak(heat):
+        i = int(torch.argmax(heat))
+        return (i // 8 + 0.5) * 4, (i % 8 + 0.5) * 4  # an 8x8 key grid on 32 px
+
+    copy_img, paste_img = rw.sample_original([1])[0], rw.sample_original([3])[0]
+    copy_box, box = copy_placement(edit.copy.mask, edit.paste.mask)
+    py, px = peak(rw.heat("b16", entry.delta.dirs, [3])[0])
+    cy, cx = box_center(box)
+    scores = []
+    for i in torch.nonzero(peaks > meas.report.change.threshold).flatten().tolist():
+        y, x = peak(meas.heats[i])
+        placed = paste_box((y + cy - py, x + cx - px), box[1] - box[0], box[3] - box[2], (32, 32))
+        target = paste_patch(meas.before[i], copy_img, edit.copy.mask, copy_box, placed)
+        scores.append(fidelity(meas.after[i], meas.before[i], target, placed))
+    assert len(scores) >= 2 and q.transfer == pytest.approx(sum(scores) / len(scores), rel=1e-6)
+    preview = paste_patch(paste_img, copy_img, edit.copy.mask, copy_box, box)
+    assert q.paste_fidelity == pytest.approx(fidelity(rw.sample([3])[0], paste_img, preview, box), rel=1e-6)
+    q5 = quality_report(rw, entry.id, seeds[:5], cfg)  # a quarter of 5 images is 1
+    m5 = measure_edit(rw, entry.id, seeds[:5], cfg)
+    quietest = int(torch.argmin(m5.heats.flatten(1).amax(1)))
+    assert q5.collateral == pytest.approx(float((m5.after - m5.before)[quietest].abs().mean()), rel=1e-6)
     assert q.fires_on == int((peaks > meas.report.change.threshold).sum()) and q.heldout == 9
     assert q.change == meas.report.change and q.seeds == tuple(seeds) and (q.name, q.layer) == ("q", "b16")
     fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
@@ -156,3 +194,22 @@ def test_collateral_fires_on_and_the_lines_follow_their_definitions(tmp_path):
     fake = {s: torch.zeros(3, 32, 32) for s in seeds + [1, 3]}
     q2 = quality_report(rw, entry.id, seeds, cfg, originals=fake)
     assert q2.change.inside_change == pytest.approx(float((meas.after.abs().mean(1))[meas.regions].mean()), rel=1e-5)
+
+
+def test_an_image_whose_peak_equals_the_threshold_does_not_fire(tmp_path):
+    """The threshold is placed exactly on the quieter image's peak (a quantile at an integer index is a value of
+    the data): that image does not count as firing."""
+    rw = Rewriter("tiny", cache_dir=tmp_path / "c")
+    m = box_mask(32, 8, 20, 8, 20)
+    edit = rw.new_edit("b16", paste=Selection(3, m), copy=Selection(1, m), context=[Selection(3, m)],
+                       stats=StatsConfig(num_samples=50), update=UpdateConfig(steps=2))
+    entry = rw.apply(edit)
+    heats = rw.heat("b16", entry.delta.dirs, [40, 41])
+    peaks = heats.flatten(1).amax(1)
+    low = float(peaks.min())
+    values = torch.sort(heats.flatten().double()).values
+    rank = int(torch.nonzero(values == low)[0])
+    q = rank / (values.numel() - 1)
+    assert float(torch.quantile(values, q)) == low, "the test's precondition: the threshold is that peak exactly"
+    report = quality_report(rw, entry.id, [40, 41], RenderConfig(fire_quantile=q))
+    assert report.fires_on == 1
