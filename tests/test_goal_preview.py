@@ -67,3 +67,18 @@ def test_stylegan2_goals_render_with_the_paste_images_styles_and_noise_at_an_ups
         other = rw.new_edit(layer, paste=Selection(5, m), copy=Selection(6, box_mask(32, 2, 14, 2, 14)))
         diff = (rw.render_goal(other) - rw.sample([5])[0]).abs().mean(0)
         assert diff[m.bool()].mean() > 3 * diff[~m.bool()].mean()  # the pasted features show where they were put
+
+
+def test_layers_are_ranked_by_goal_fidelity_before_solving(tmp_path):
+    from model_rewrite.suggest import rank_layers_by_goal
+
+    rw = Rewriter(LinearTail(), cache_dir=tmp_path / "c")
+    copy, paste = box_mask(8, 1, 3, 1, 4), box_mask(8, 5, 7, 3, 6)
+    edit = rw.new_edit("draw", paste=Selection(2, paste), copy=Selection(1, copy))
+    # the only layer whose key grid is large enough draws the image itself: it can draw all of the painting
+    assert rank_layers_by_goal(rw, edit) == [("draw", pytest.approx(1.0, abs=1e-6))]
+    tiny = Rewriter("tiny", cache_dir=tmp_path / "t")
+    m, c = box_mask(32, 16, 28, 16, 28), box_mask(32, 2, 14, 2, 14)
+    ranked = rank_layers_by_goal(tiny, tiny.new_edit("b16", paste=Selection(3, m), copy=Selection(1, c)))
+    assert sorted(l for l, _ in ranked) == ["b16", "b32", "b8"] and all(0 <= v <= 1 for _, v in ranked)
+    assert [v for _, v in ranked] == sorted((v for _, v in ranked), reverse=True)

@@ -34,6 +34,18 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     if not ranks or min(ranks) < 1 or max(ranks) > MAX_RANK:
         raise RewriteError(f"--ranks must name ranks from 1 to {MAX_RANK}, e.g. 1,2,4")
     layers = [name.strip() for name in args.layers.split(",") if name.strip()] if args.layers else None
+    if args.goal_only:  # rank layers by what they can draw, before solving anything
+        from .suggest import rank_layers_by_goal
+
+        ranked = rank_layers_by_goal(rw, spec, layers)
+        print(f"{'layer':<10}{'goal fidelity':>14}")
+        for layer, value in ranked:
+            print(f"{layer:<10}{value:>14.2f}")
+        with staged_folder(out) as tmp:
+            atomic_write_bytes(tmp / "suggest.json", json_bytes({"edit": str(args.edit), "by": "goal_fidelity",
+                                                                 "layers": [{"layer": l, "goal_fidelity": v} for l, v in ranked]}))
+        print(f"best layer by goal fidelity: {ranked[0][0]}; wrote {out}/suggest.json")
+        return 0
     bars: dict[str, Progress] = {}
 
     def progress(what: str, done: int, total: int) -> None:
@@ -113,6 +125,8 @@ def add_quality_commands(sub: Any) -> None:
                                                   "key grid is at least 4 cells on a side)")
     p.add_argument("--refine", action="store_true", help="solve each candidate fully (default: the closed form)")
     p.add_argument("--apply-best", action="store_true", help="apply the best candidate and write what apply writes")
+    p.add_argument("--goal-only", action="store_true", help="only rank layers by goal fidelity (what each can draw of "
+                                                            "the painting), solving nothing")
     add_common(p, seeds=True)
     add_config_flags(p, KeyConfig, "context directions")
     add_config_flags(p, UpdateConfig, "update")

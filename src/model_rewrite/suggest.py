@@ -69,6 +69,26 @@ def rank_candidates(candidates: Sequence[Candidate]) -> list[Candidate]:
     return sorted(candidates, key=lambda c: (not c.acceptable, c.quality is None, -c.score if c.quality else 0.0))
 
 
+def rank_layers_by_goal(rw: "Rewriter", edit: EditSpec, layers: Sequence[str] | None = None) -> list[tuple[str, float]]:
+    """Layers ranked, before solving anything, by goal fidelity: how much of the painted preview each layer can
+    draw at all (the goal rendered through the rest of the generator vs the pixel composite, in the pasted box;
+    quality.py). Best first; copy-paste edits only (an erase edit has no painted preview)."""
+    from .masks import copy_placement, paste_patch
+    from .quality import clamp01, fidelity
+
+    rw.check_edit(edit)
+    if edit.copy is None or edit.paste is None or edit.update.erase:
+        raise RewriteError("ranking layers by goal fidelity needs a copy-paste edit (an erase edit has no painted preview)")
+    copy_img, paste_img = rw.sample([edit.copy.seed, edit.paste.seed])
+    copy_box, box = copy_placement(edit.copy.mask.cpu(), edit.paste.mask.cpu())
+    preview = paste_patch(paste_img, copy_img, edit.copy.mask.cpu(), copy_box, box)
+    out = []
+    for layer in (list(layers) if layers is not None else candidate_layers(rw)):
+        rendered = rw.render_goal(dataclasses.replace(edit, layer=rw.spec(layer).name))
+        out.append((layer, clamp01(fidelity(rendered, paste_img, preview, box))))
+    return sorted(out, key=lambda item: -item[1])
+
+
 def suggest(rw: "Rewriter", edit: EditSpec, *, layers: Sequence[str] | None = None,
             ranks: Sequence[int] = DEFAULT_RANKS, refine: bool = False, seeds: Sequence[int] = range(1000, 1016),
             config: RenderConfig = RenderConfig(), progress: Progress | None = None) -> list[Candidate]:
