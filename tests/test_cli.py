@@ -79,7 +79,7 @@ def test_layers_sample_stats_search_export(tmp_path, edit_file, capsys):
 
     rw = Rewriter("tiny", cache_dir=tmp_path / "c")
     assert main(["sample", *c, "--seeds", "5,2,9", "--per-row", "2", "--scale", "1", "--out", str(tmp_path / "s.png")]) == 0
-    assert f"wrote {tmp_path / 's.png'} (seeds 5..9, 3 images)" in capsys.readouterr().out
+    assert f"wrote {tmp_path / 's.png'} (seeds 5..9, 3 images, latents seeds)" in capsys.readouterr().out
     grid, imgs = image_from_png((tmp_path / "s.png").read_bytes()), to_uint8(rw.sample([5, 2, 9]))
     assert grid.shape == (2 * 34 + 2, 2 * 34 + 2, 3)  # 2 rows of 2 cells, 32 px images with 2 px padding
     assert np.array_equal(grid[2:34, 2:34], imgs[0]) and np.array_equal(grid[2:34, 36:68], imgs[1])
@@ -153,12 +153,14 @@ def test_apply_several_edits_with_config_overrides(tmp_path, edit_file, capsys):
     assert not (out / "grid.png").exists()
 
 
-def test_export_exits_1_when_the_reloaded_model_differs(tmp_path, edit_file, capsys, monkeypatch):
+def test_export_refuses_to_publish_a_model_that_reloads_differently(tmp_path, edit_file, capsys, monkeypatch):
     import model_rewrite.export as export
 
     monkeypatch.setattr(export, "check_export", lambda *a, **k: 0.25)
     rc = main(["export", str(edit_file), "--model", "tiny", "--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path / "m.safetensors")])
-    assert rc == 1 and "reloaded max difference 2.50e-01" in capsys.readouterr().out
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and "\n" not in err.strip()
+    assert not (tmp_path / "m.safetensors").exists()  # checked before it is published
 
 
 def test_version(capsys):

@@ -1,5 +1,5 @@
-"""The edit file format (edits.py) by hand, without a model: the JSON written field by field, version 1 read as
-version 2, every refusal with its message, and the factors file beside the JSON."""
+"""The edit file format (edits.py) by hand, without a model: the JSON written field by field, versions 1 and 2 read as
+version 3, every refusal with its message, and the factors file beside the JSON."""
 
 from __future__ import annotations
 
@@ -28,9 +28,9 @@ def _spec(**kw) -> EditSpec:
 def test_the_json_form_field_by_field():
     d = _spec().to_dict()
     url = data_url_from_mask(M)
-    assert d == {"format": "model-rewrite-edit", "version": 2, "name": "n", "model": "tiny", "fingerprint": "abc123",
+    assert d == {"format": "model-rewrite-edit", "version": 3, "name": "n", "model": "tiny", "fingerprint": "abc123",
                  "layer": "b16", "context": [{"seed": 4, "mask": url}, {"seed": 2, "mask": url}],
-                 "copy": {"seed": 1, "mask": url}, "paste": {"seed": 3, "mask": url},
+                 "copy": {"seed": 1, "mask": url}, "paste": {"seed": 3, "mask": url}, "query": None, "latents": "seeds",
                  "keys": {"rank": 2, "eig_floor": 0.01}, "update": {**UpdateConfig(steps=7).__dict__},
                  "stats": {**StatsConfig(num_samples=9).__dict__}, "note": "a note"}
     back = EditSpec.from_dict(json.loads(json.dumps(d)))
@@ -67,20 +67,21 @@ def test_version_1_files_move_rank_and_eig_floor_to_keys():
     (lambda d: [1, 2], InvalidEdit, "^an edit file must hold a JSON object$"),
     (lambda d: {"paste": [[3, "x"]]}, InvalidEdit, "^this looks like the original paper's request format; load it with model_rewrite.paper_format.edit_from_paper_request \\(CLI: pass --model and --layer\\)$"),
     (lambda d: {**d, "format": "other"}, InvalidEdit, "^not a model-rewrite edit \\(format is 'other', expected 'model-rewrite-edit'\\)$"),
-    (lambda d: {k: v for k, v in d.items() if k not in ("format", "paste")}, InvalidEdit, "format is None"),
-    (lambda d: {**d, "version": 3}, IncompatibleEdit, "^edit format version 3 is not supported \\(this version reads 1 and 2\\)$"),
+    (lambda d: {k: v for k, v in d.items() if k not in ("format", "paste")}, InvalidEdit, "request format"),
+    (lambda d: {**d, "version": 4}, IncompatibleEdit, "^edit format version 4 is not supported \\(this version reads 1 to 3\\)$"),
     (lambda d: {**d, "extra": 1, "more": 2}, InvalidEdit, "unknown key\\(s\\) \\['extra', 'more'\\] in edit"),
     (lambda d: {**d, "model": ""}, InvalidEdit, "^edit field 'model' must be a non-empty string$"),
     (lambda d: {**d, "fingerprint": 5}, InvalidEdit, "edit field 'fingerprint' must be a non-empty string"),
     (lambda d: {k: v for k, v in d.items() if k != "layer"}, InvalidEdit, "edit field 'layer' must be a non-empty string"),
-    (lambda d: {**d, "paste": None}, InvalidEdit, "^edit needs a 'paste' selection$"),
-    (lambda d: {**d, "context": {"seed": 1}}, InvalidEdit, "^edit field 'context' must be a list of selections$"),
+    (lambda d: {**d, "paste": None, "context": [], "query": None}, InvalidEdit,
+     "^edit needs a 'paste' selection \\(or, for a search request, a 'context' or 'query'\\)$"),
+    (lambda d: {**d, "context": {"seed": 1}}, InvalidEdit, "^edit field 'context' must be a list of selections, got dict$"),
     (lambda d: {**d, "context": [{"seed": 1}]}, InvalidEdit, "^context\\[0\\] must be an object with exactly 'seed' and 'mask'$"),
     (lambda d: {**d, "copy": {**d["copy"], "x": 1}}, InvalidEdit, "^copy must be an object with exactly"),
     (lambda d: {**d, "paste": {"mask": d["paste"]["mask"]}}, InvalidEdit, "^paste must be an object with exactly"),
-    (lambda d: {**d, "paste": {**d["paste"], "seed": True}}, InvalidEdit, "^paste.seed must be a non-negative integer, got True$"),
-    (lambda d: {**d, "paste": {**d["paste"], "seed": 1.0}}, InvalidEdit, "paste.seed must be a non-negative integer, got 1.0"),
-    (lambda d: {**d, "keys": {"rank": 0}}, InvalidEdit, "rank must be at least 1"),
+    (lambda d: {**d, "paste": {**d["paste"], "seed": True}}, InvalidEdit, "^paste.seed must be a non-negative integer \\(0 to 2147483647\\), got True$"),
+    (lambda d: {**d, "paste": {**d["paste"], "seed": 1.0}}, InvalidEdit, "paste.seed must be a non-negative integer \\(0 to 2147483647\\), got 1.0"),
+    (lambda d: {**d, "keys": {"rank": 0}}, InvalidEdit, "KeyConfig.rank must lie in \\[1, 256\\], got 0"),
     (lambda d: {**d, "context": [5]}, InvalidEdit, "^context\\[0\\] must be an object with exactly 'seed' and 'mask'$"),
     (lambda d: {**d, "context": [d["paste"], {**d["paste"], "seed": -2}]}, InvalidEdit, "^context\\[1\\].seed must be"),
 ])
@@ -110,12 +111,14 @@ def test_save_and_load_with_and_without_factors(tmp_path):
     assert torch.equal(delta.factor, d.factor) and torch.equal(delta.dirs, d.dirs)
     with pytest.raises(InvalidEdit, match="^edit files end in .json, got e.txt$"):
         save_edit(tmp_path / "e.txt", spec)
-    assert path.read_text() == json.dumps(spec.to_dict(), indent=1) and json.loads(path.read_text())["format"] == EDIT_FORMAT
+    written = json.loads(path.read_text())  # the JSON holds the factors' sha256 beside the spec
+    assert {k: v for k, v in written.items() if k != "factors_sha256"} == spec.to_dict() and written["format"] == EDIT_FORMAT
+    assert len(written["factors_sha256"]) == 64
     from model_rewrite.cache import load_tensors
 
     _, meta = load_tensors(factors_path(path))
     assert meta == {"param_path": "b16.conv.weight", "key_axis": 0, "fingerprint": "abc123", "layer": "b16",
-                    "format": EDIT_FORMAT, "version": 2}
+                    "format": EDIT_FORMAT, "version": 3}
     with pytest.raises(InvalidEdit, match="^refusing to save an edit whose solved factors hold NaN or infinite values$"):
         save_edit(path, spec, LowRankDelta(d.param_path, 0, d.factor, d.dirs * float("inf")))
     with pytest.raises(InvalidEdit, match=f"^edit file {tmp_path / 'none.json'} does not exist$"):
@@ -126,11 +129,11 @@ def test_factors_for_another_model_or_layer_or_not_finite_are_refused(tmp_path):
     path = save_edit(tmp_path / "e.json", _spec(), _delta())
     for other in (_spec(fingerprint="zzz"), _spec(layer="b8")):
         path.write_text(json.dumps(other.to_dict()))
-        with pytest.raises(IncompatibleEdit, match="^e.safetensors was solved for another model or layer than e.json; delete it to re-solve$"):
+        with pytest.raises(IncompatibleEdit, match="^e.safetensors was solved for another model or layer than the edit; delete it to re-solve$"):
             load_edit(path)
     from model_rewrite.cache import save_tensors
 
-    save_edit(path, _spec())
+    path.write_text(json.dumps(_spec().to_dict()))  # a file from before the factors' checksum: its factors are read
     d = _delta()
     save_tensors(factors_path(path), {"factor": d.factor * float("nan"), "dirs": d.dirs},
                  {"param_path": d.param_path, "key_axis": 0, "fingerprint": "abc123", "layer": "b16"})

@@ -261,7 +261,7 @@ def test_non_finite_weights_are_refused(tmp_path, fixture):
     bad["convs.1.conv.weight"] = sd["convs.1.conv.weight"].clone()
     bad["convs.1.conv.weight"][0, 0, 0, 0, 0] = float("nan")
     torch.save({"g_ema": bad, "latent_avg": latent_avg}, tmp_path / "nan.pt")
-    with pytest.raises(ModelLoadError, match=r"b8\.conv1\.conv\.weight holds NaN"):
+    with pytest.raises(ModelLoadError, match=r"convs\.1\.conv\.weight holds NaN"):
         load_generator(f"stylegan2:{tmp_path / 'nan.pt'}")
 
 
@@ -273,7 +273,8 @@ def test_inconsistent_shapes_are_listed(tmp_path, fixture):
     torch.save({"g_ema": bad, "latent_avg": latent_avg}, tmp_path / "shapes.pt")
     with pytest.raises(ModelLoadError, match="does not match the architecture") as err:
         load_generator(f"stylegan2:{tmp_path / 'shapes.pt'}")
-    assert "b8.conv1.affine.weight" in str(err.value) and "b16.conv0.conv.weight" in str(err.value)
+    # named in the file's own naming (rosinality's keys), not ours
+    assert "convs.1.conv.modulation.weight" in str(err.value) and "convs.2.conv.weight" in str(err.value)
 
 
 def test_missing_and_unknown_keys_are_listed(tmp_path, fixture):
@@ -285,7 +286,7 @@ def test_missing_and_unknown_keys_are_listed(tmp_path, fixture):
         load_generator(f"stylegan2:{tmp_path / 'keys.pt'}")
     del bad["style.1.scale"]
     torch.save({"g_ema": bad, "latent_avg": latent_avg}, tmp_path / "keys.pt")
-    with pytest.raises(ModelLoadError, match=r"missing \['b16.torgb.bias'\]"):
+    with pytest.raises(ModelLoadError, match=r"missing \['to_rgbs.1.bias'\]"):
         load_generator(f"stylegan2:{tmp_path / 'keys.pt'}")
 
 
@@ -299,7 +300,7 @@ def test_missing_file_and_pickled_objects_are_refused(tmp_path):
     with pytest.raises(ModelLoadError, match="no checkpoint file"):
         load_generator(f"stylegan2:{tmp_path / 'nothere.pt'}")
     torch.save({"g_ema": {}, "evil": Path("x")}, tmp_path / "objects.pt")
-    with pytest.raises(ModelLoadError, match="weights_only"):
+    with pytest.raises(ModelLoadError, match=r"references the Python global pathlib\.PosixPath.*nothing in it was run"):
         load_generator(f"stylegan2:{tmp_path / 'objects.pt'}")
 
 

@@ -26,7 +26,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 def check_file(path: Path, what: str) -> None:
     """ModelLoadError unless `path` is a non-empty regular file (`what` names the format expected)."""
     if not path.is_file():
-        raise ModelLoadError(f"no {what} at {path}")
+        raise ModelLoadError(f"no checkpoint file at {path} (expected {what}); check the path")
     if path.stat().st_size == 0:
         raise ModelLoadError(f"{path} is empty (0 bytes), so it cannot be {what}; was a download or copy interrupted?")
 
