@@ -4,6 +4,7 @@ before any work, and `kill -9` during apply and export leaving the old output or
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -55,6 +56,9 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (tmp / "bigseed.json").write_text(json.dumps(dict(data, paste=dict(data["paste"], seed=2**70))))
     (tmp / "ctxdict.json").write_text(json.dumps(dict(data, context={})))
     (tmp / "bad.json").write_text(json.dumps(dict(data, update={"steps": "many"})))
+    bomb = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + (20000).to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0]) + bytes(40)
+    url = "data:image/png;base64," + base64.b64encode(bomb).decode()
+    (tmp / "bomb.json").write_text(json.dumps(dict(data, paste=dict(data["paste"], mask=url))))
     return tmp
 
 
@@ -97,6 +101,7 @@ def test_bad_apply_arguments_give_one_line_and_touch_nothing(work, tmp_path, cap
     (["apply", "{work}/bigseed.json", "--model", "tiny"], "paste.seed must be a non-negative integer (0 to 2147483647)"),
     (["apply", "{work}/ctxdict.json", "--model", "tiny"], "'context' must be a list of selections"),
     (["apply", "{work}/bad.json", "--model", "tiny"], "UpdateConfig.steps must be int"),
+    (["apply", "{work}/bomb.json", "--model", "tiny"], "paste: mask is 20000x20000 pixels, over the limit of 32x32"),
     (["layers", "--model", "tiny", "--device", "cuda"], "not available"),
     (["suggest", "{edit}", "--model", "tiny", "--ranks", "0,1"], "--ranks must name ranks from 1"),
 ])
@@ -242,3 +247,26 @@ def test_kill_during_export_leaves_the_old_file_or_the_new_one(tmp_path):
         assert pair() == old
     assert cli("export", str(tmp_path / "b.json"), *args)[0] == 0
     assert pair()[1]["edits"] == [str(tmp_path / "b.json")]
+
+
+def test_a_concurrent_writer_cannot_disturb_the_export_check(tmp_path, monkeypatch):
+    """Item 15: the check reads the staged file, not PATH, so another process writing PATH between the write
+    and the check (the old check's rare exit 1) changes nothing; the file published is this run's."""
+    import model_rewrite.export as export
+    from export_checks import random_delta
+
+    rw = Rewriter("tiny", cache_dir=tmp_path / "cache")
+    rw.stack.push(random_delta(rw, "b16", seed=1), "ours")
+    other = Rewriter("tiny", cache_dir=tmp_path / "cache")
+    other.stack.push(random_delta(other, "b16", seed=2), "theirs")
+    out = tmp_path / "m.safetensors"
+    real = export.check_export
+
+    def meanwhile(model, result, latents, info=None):  # another export to the same PATH lands now
+        export.export_model(other.model, other.info, out)
+        return real(model, result, latents, info)
+
+    monkeypatch.setattr(export, "check_export", meanwhile)
+    result = export.export_edited(rw.model, rw.info, out, check_latents=rw.latents([0, 1]))
+    assert result.max_difference == 0.0
+    assert torch.equal(Rewriter(str(out)).sample([0, 1]), rw.sample([0, 1]))
