@@ -132,6 +132,16 @@ def own_projectors(dirs: torch.Tensor, rules: Sequence["JointRule"]) -> torch.Te
     return torch.stack([dirs @ r.dirs.to(dirs).T @ r.dirs.to(dirs) for r in rules])
 
 
+def held_keys(dirs: torch.Tensor, rules: Sequence["JointRule"], keys: torch.Tensor) -> torch.Tensor:
+    """(D P_i) k_i for each rule's key map keys[i] (n, C_in, ...), through the rule's own rank r_i:
+    (D D_i^T)(D_i k_i) costs k r_i Q instead of k C_in Q."""
+    out = []
+    for r, k in zip(rules, keys):
+        own = r.dirs.to(dirs)
+        out.append(torch.einsum("kr,r...->k...", dirs @ own.T, torch.einsum("rc,c...->r...", own, k)))
+    return torch.stack(out)
+
+
 def holds_own(protect: str, n_rules: int) -> bool:
     """Whether paste images are held against their own rule's directions only (one rule: the same thing)."""
     if protect not in ("own", "all"):
@@ -161,8 +171,7 @@ def closed_form_factor(weight_module: nn.Module, spec: LayerSpec, w0: torch.Tens
             chunk = rules[lo:lo + CHUNK]
             keys = torch.cat([r.keys for r in chunk]).to(torch.float64).flatten(2)  # (n, C_in, Q)
             proj = torch.einsum("kc,ncq->nkq", d64, keys)  # (n, k, Q)
-            own = own_projectors(d64, chunk) if holds_own(protect, len(rules)) else None
-            held = proj if own is None else torch.einsum("nkc,ncq->nkq", own, keys)  # what each image is held against
+            held = held_keys(d64, chunk, keys) if holds_own(protect, len(rules)) else proj  # what each image is held against
             const = w_out[lo:lo + CHUNK].flatten(1).amax(1)  # the outside weight, one value per rule
             _add_uniform(gram, held * const.sqrt()[:, None, None], pairs, k, n_taps)
             _add_rows(gram, rhs, proj, held, chunk, table, w_in[lo:lo + CHUNK], w_out[lo:lo + CHUNK], const, k, n_taps)
