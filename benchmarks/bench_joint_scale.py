@@ -5,9 +5,12 @@ of random size (8..16 px of 64) at a random place; the paste region is the conte
 size at a random place on another random image. For each N:
 
 - prepare: each rule's directions and goal (forward passes of its paste and copy images; not part of the solve);
-- closed form: `joint.joint_directions` + `jointform.closed_form_factor` (the solve proper): wall and CPU time,
-  peak memory above the phase's start (VmHWM, reset through /proc/self/clear_refs), rank kept;
+- closed form: `joint.joint_directions` + `jointform.closed_form_factor` (the solve proper): wall and CPU time of
+  the median of `--repeats` runs, peak memory above the phase's start (VmHWM, reset through
+  /proc/self/clear_refs), rank kept;
 - refinement: `--steps` Adam steps of the joint loss (fewer for N = 1000: `--steps-1000`): time per step, peak memory;
+- memory: peak RSS above the loaded model's (each N in a fresh process), through the preparation (the rules
+  held: N key maps and goal boxes) and through the closed form;
 - paste fidelity per rule (`quality.fidelity` on the paste image, against the copy-paste preview): joint closed
   form, joint refined, and each rule solved alone (closed form; for N = 1000 on a random `--alone-sample` of the
   rules), reported as the median over rules.
@@ -25,6 +28,8 @@ import json
 import os
 import random
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -52,6 +57,13 @@ def _rss() -> tuple[int, int]:
 
 
 def _reset_peak() -> int:
+    """Return freed heap to the system (glibc keeps it otherwise, and RSS would count it), reset the peak."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -113,13 +125,21 @@ def measure(rw: Rewriter, layer: str, n: int, args: argparse.Namespace) -> dict:
     spec = rw.spec(layer)
     wm = rw.model.get_submodule(spec.weight_module)
     w0 = getattr(wm, spec.param_name).detach()
+    baseline = _reset_peak()  # the model and statistics loaded; each N runs in a fresh process (main)
     with Phase() as prep:
         rules: list[JointRule] = with_exclusions([prepare_rule(e, *rw.edit_goal(e)[1:]) for e in edits])
-    with Phase() as cf:
-        dirs, kept = joint_directions([r.dirs for r in rules], cov)
-        dirs = dirs.to(w0.dtype)
-        w_in, w_out = weight_maps(rules)
-        factor = closed_form_factor(wm, spec, w0, dirs, rules, w_in, w_out, edits[0].update.ridge)
+    through_prepare = (_rss()[1] - baseline) / 2**20
+    phases = []
+    for _ in range(args.repeats):  # the median run of the closed form (the machine is shared and noisy)
+        with Phase() as cf:
+            dirs, kept = joint_directions([r.dirs for r in rules], cov)
+            dirs = dirs.to(w0.dtype)
+            w_in, w_out = weight_maps(rules)
+            factor = closed_form_factor(wm, spec, w0, dirs, rules, w_in, w_out, edits[0].update.ridge)
+        phases.append(cf)
+    cf = sorted(phases, key=lambda ph: ph.wall)[len(phases) // 2]
+    cf_peak = max(ph.peak_mb for ph in phases)
+    through_cf = max(through_prepare, (_rss()[1] - baseline) / 2**20, (_rss()[0] - baseline) / 2**20 + cf_peak)
     steps = args.steps if n < 1000 else args.steps_1000
     refine = JointRefinement(rw.model, spec, w0, dirs, rules, w_in, w_out, holds_own("own", len(rules)))
     with Phase() as rf:
@@ -135,8 +155,10 @@ def measure(rw: Rewriter, layer: str, n: int, args: argparse.Namespace) -> dict:
     alone_s = time.perf_counter() - t0
     key_bytes = rules[0].keys.numel() * 4
     row = {"rules": n, "layer": layer, "rank_kept": len(kept), "rank_requested": n,
-           "prepare_s": round(prep.wall, 2),
-           "closed_form": {"wall_s": round(cf.wall, 3), "cpu_s": round(cf.cpu, 3), "peak_mb_above_start": round(cf.peak_mb, 1)},
+           "prepare": {"wall_s": round(prep.wall, 2), "peak_mb_above_baseline": round(through_prepare, 1)},
+           "peak_mb_above_baseline_through_closed_form": round(through_cf, 1),
+           "closed_form": {"wall_s": round(cf.wall, 3), "cpu_s": round(cf.cpu, 3), "runs_wall_s": [round(ph.wall, 3) for ph in phases],
+                           "peak_mb_above_start": round(cf_peak, 1)},
            "refinement": {"steps": steps, "wall_s": round(rf.wall, 2), "wall_s_per_step": round(rf.wall / max(steps, 1), 3),
                           "peak_mb_above_start": round(rf.peak_mb, 1), "loss_first_last": [round(losses[0], 4), round(min(losses), 4)]},
            "paste_fidelity_median": {"joint_closed_form": round(statistics.median(fid_cf), 3),
@@ -162,13 +184,27 @@ def main() -> None:
     p.add_argument("--steps-1000", type=int, default=2, help="Adam steps of the refinement for N = 1000 (timing only)")
     p.add_argument("--alone-sample", type=int, default=100, help="rules solved alone for the fidelity baseline at most")
     p.add_argument("--stats-samples", type=int, default=1000)
+    p.add_argument("--repeats", type=int, default=3, help="closed-form runs per N (the median is reported)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: on a busy 2-core machine two threads wait on each other)")
     p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--merge", action="store_true", help="keep the rows of other sizes already in --out")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    rw = Rewriter(args.model)
-    rows = [measure(rw, args.layer, int(n), args) for n in args.sizes.split(",")]
+    if args.one is not None:  # one size, in this (fresh) process: print its row
+        print("ROW " + json.dumps(measure(Rewriter(args.model), args.layer, args.one, args)), flush=True)
+        return
+    rows = []
+    for n in args.sizes.split(","):  # a fresh process per size, so that memory freed by one is not reused by the next
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--one", n] + [a for a in sys.argv[1:]]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        rows.append(json.loads(next(line[4:] for line in out.splitlines() if line.startswith("ROW "))))
+        print(json.dumps(rows[-1]), flush=True)
+    if args.merge and args.out.exists():  # sizes measured in separate invocations: keep the others' rows
+        done = {r["rules"] for r in rows}
+        rows = sorted([r for r in json.loads(args.out.read_text())["sizes"] if r["rules"] not in done] + rows,
+                      key=lambda r: r["rules"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "model": args.model, "device": device_name("cpu"), "torch": torch.__version__, "threads": torch.get_num_threads(),

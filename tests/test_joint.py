@@ -126,8 +126,13 @@ def _float64_joint_closed_form(rw: Rewriter, edits, dirs: torch.Tensor, protect:
     return delta_from_factors(factor, d, 0)
 
 
-@pytest.mark.parametrize("protect", ["own", "all"])
-def test_key_space_closed_form_equals_a_float64_least_squares(tmp_path, protect):
+@pytest.mark.parametrize("protect,chunked", [("own", False), ("all", False), ("own", True)])
+def test_key_space_closed_form_equals_a_float64_least_squares(tmp_path, monkeypatch, protect, chunked):
+    if chunked:  # the rules assembled in batches of 2 and 1, as large batches are
+        from model_rewrite import jointform
+
+        monkeypatch.setattr(jointform, "ONE_CHUNK", 1)
+        monkeypatch.setattr(jointform, "CHUNK", 2)
     rw = Rewriter("tiny", cache_dir=tmp_path / "c")
     stats, cfg = StatsConfig(num_samples=200), UpdateConfig(method="closed_form", preserve=0.7)
     m1, m2, m3 = box_mask(32, 8, 16, 8, 16), box_mask(32, 16, 28, 4, 12), box_mask(32, 0, 8, 20, 32)

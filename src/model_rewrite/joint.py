@@ -36,7 +36,7 @@ from .edits import EditSpec
 from .errors import InvalidEdit, SolveError
 from .goals import Goal
 from .hooks import call_with_weight, get_module, override_forward
-from .jointform import closed_form_factor, holds_own, own_projectors
+from .jointform import closed_form_factor, held_keys, holds_own, own_projectors
 from .layers import LayerSpec
 from .masks import Box
 from .solve import StepCallback, single_thread
@@ -304,8 +304,8 @@ class JointRefinement:
                 y0, y1, x0, x1 = r.box
                 target[i, :, y0:y1, x0:x1] = r.target
             proj = torch.einsum("rc,bc...->br...", self.dirs, keys)
-            own = own_projectors(self.dirs, chunk) if self.own else None
-            held = proj if own is None else torch.einsum("brc,bc...->br...", own, keys)
+            own = own_projectors(self.dirs, chunk) if self.own and not self.fast else None  # per-image weights
+            held = held_keys(self.dirs, chunk, keys) if self.own else proj
             shape = list(self.w0.shape)
             shape[self.spec.key_axis] = self.dirs.shape[0]
             offset = call_with_weight(self.wm, self.spec.param_name, self.w0.new_zeros(shape), proj[:1])

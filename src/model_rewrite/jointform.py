@@ -15,7 +15,8 @@ Cost. The outside weight of a rule is one constant c_i over its image, so that p
 (t, t') whose keys lie a fixed offset s apart, sum_q m_tt'(q) Y_q Y_{q+s}^T with Y_q the (k x N) matrix of
 sqrt(c_i) (D k_i)(q): one batched product per offset s (9 for a 4x4 stride-2 kernel) instead of one per value
 position. Only the positions of the boxes (a few per rule) are added row by row, grouped by the taps they read.
-Memory: the rules' key maps (N x key map) and the (k T)^2 system; the systems of taps that never share a
+Memory: the rules' key maps (N x key map), the (k T)^2 system and a float64 working set of one batch of rules
+(all of them up to ONE_CHUNK, else CHUNK at a time); the systems of taps that never share a
 position (the four phases of a stride-2 kernel) are solved apart. Modules whose output is not a plain
 convolution of the keys fall back to the generic design (`update.linear_design`) per rule.
 """
@@ -34,7 +35,8 @@ from .update import linear_design
 if TYPE_CHECKING:  # pragma: no cover
     from .joint import JointRule
 
-CHUNK = 128  # rules per batch of key maps
+ONE_CHUNK = 128  # up to this many rules are assembled in one batch (fastest)
+CHUNK = 32  # beyond, batches of this many: the float64 working set stays ~100 MB at a 128-wide, 16x16 key grid
 
 
 def tap_table(weight_module: nn.Module, spec: LayerSpec, w0: torch.Tensor, keys: torch.Tensor) -> torch.Tensor | None:
@@ -132,6 +134,16 @@ def own_projectors(dirs: torch.Tensor, rules: Sequence["JointRule"]) -> torch.Te
     return torch.stack([dirs @ r.dirs.to(dirs).T @ r.dirs.to(dirs) for r in rules])
 
 
+def held_keys(dirs: torch.Tensor, rules: Sequence["JointRule"], keys: torch.Tensor) -> torch.Tensor:
+    """(D P_i) k_i for each rule's key map keys[i] (n, C_in, ...), through the rule's own rank r_i:
+    (D D_i^T)(D_i k_i) costs k r_i Q instead of k C_in Q."""
+    out = []
+    for r, k in zip(rules, keys):
+        own = r.dirs.to(dirs)
+        out.append(torch.einsum("kr,r...->k...", dirs @ own.T, torch.einsum("rc,c...->r...", own, k)))
+    return torch.stack(out)
+
+
 def holds_own(protect: str, n_rules: int) -> bool:
     """Whether paste images are held against their own rule's directions only (one rule: the same thing)."""
     if protect not in ("own", "all"):
@@ -157,15 +169,15 @@ def closed_form_factor(weight_module: nn.Module, spec: LayerSpec, w0: torch.Tens
         components = [list(range(n_taps))]
     else:
         components = _components(table)
-        for lo in range(0, len(rules), CHUNK):
-            chunk = rules[lo:lo + CHUNK]
+        size = len(rules) if len(rules) <= ONE_CHUNK else CHUNK
+        for lo in range(0, len(rules), size):
+            chunk = rules[lo:lo + size]
             keys = torch.cat([r.keys for r in chunk]).to(torch.float64).flatten(2)  # (n, C_in, Q)
             proj = torch.einsum("kc,ncq->nkq", d64, keys)  # (n, k, Q)
-            own = own_projectors(d64, chunk) if holds_own(protect, len(rules)) else None
-            held = proj if own is None else torch.einsum("nkc,ncq->nkq", own, keys)  # what each image is held against
-            const = w_out[lo:lo + CHUNK].flatten(1).amax(1)  # the outside weight, one value per rule
+            held = held_keys(d64, chunk, keys) if holds_own(protect, len(rules)) else proj  # what each image is held against
+            const = w_out[lo:lo + size].flatten(1).amax(1)  # the outside weight, one value per rule
             _add_uniform(gram, held * const.sqrt()[:, None, None], pairs, k, n_taps)
-            _add_rows(gram, rhs, proj, held, chunk, table, w_in[lo:lo + CHUNK], w_out[lo:lo + CHUNK], const, k, n_taps)
+            _add_rows(gram, rhs, proj, held, chunk, table, w_in[lo:lo + size], w_out[lo:lo + size], const, k, n_taps)
     lam = ridge * float(gram.diagonal().mean().clamp_min(1e-12))
     x = torch.zeros_like(rhs)
     for taps in components:
