@@ -154,7 +154,7 @@ ENDPOINTS = {
     ("GET", "/api/job"), ("POST", "/api/job/cancel"), ("GET", "/api/history"), ("POST", "/api/history/undo"),
     ("POST", "/api/history/redo"), ("POST", "/api/history/revert"), ("DELETE", "/api/history/{entry_id}"),
     ("GET", "/api/edits"), ("POST", "/api/edits"), ("POST", "/api/edits/import"), ("GET", "/api/edits/{name}"),
-    ("GET", "/api/edits/{name}/file"), ("POST", "/api/edits/{name}/load"), ("GET", "/api/export"),
+    ("GET", "/api/edits/{name}/file"), ("POST", "/api/edits/{name}/load"), ("GET", "/api/export"), ("POST", "/api/suggest"),
     ("GET", "/api/openapi.json"),
 }
 
