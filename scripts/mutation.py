@@ -220,9 +220,13 @@ def _env() -> dict[str, str]:
     return env
 
 
-def run_module(module: str, children: int, timeout_s: float) -> dict:
+def run_module(module: str, children: int, timeout_s: float, resume: bool = False) -> dict:
     tests = [t for t in TESTS[module] if (ROOT / t).exists()]
-    work = _prepare(module, tests)
+    work = WORK / module
+    if resume and (work / "mutants").is_dir():  # mutmut keeps the results it has and tests the rest
+        tests = [t for t in TESTS[module] if (work / t).exists()]
+    else:
+        work = _prepare(module, tests)
     mutmut = Path(sys.executable).with_name("mutmut")
     t0 = time.perf_counter()
     log = (work / "mutmut.log").open("w")
@@ -346,6 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--collect", metavar="WORK", default=None,
                    help="no mutmut run: read the results of the modules from the scratch copies under WORK "
                         "(default build/mutation), keeping the run times recorded before")
+    p.add_argument("--resume", action="store_true",
+                   help="go on with an interrupted run in the modules' scratch copies instead of starting afresh")
     p.add_argument("--report", action="store_true",
                    help="only sort the stored survivors again by EQUIVALENT and rewrite mutation.json and mutation.md")
     args = p.parse_args(argv)
@@ -370,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
             tests = [t for t in TESTS[module] if (work / t).exists()]
             res = collect(work, module, tests, old.get("seconds", 0.0), old.get("mutmut_exit", 0))
         else:
-            res = run_module(module, args.children, args.timeout)
+            res = run_module(module, args.children, args.timeout, args.resume)
         run["modules"][module] = res
         run["modules"] = {m: run["modules"][m] for m in TESTS if m in run["modules"]}
         write_report(data)
