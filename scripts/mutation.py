@@ -14,8 +14,10 @@ why no test can tell it from the original.
     python scripts/mutation.py directions masks --label before --children 2
     python scripts/mutation.py --report           # apply EQUIVALENT to the stored results, rewrite mutation.md
 
-Not part of CI: the whole run takes about half an hour on a 2-core machine (see mutation.md).
-The process runs under `nice -n 10` with one OpenMP thread per test process.
+Not part of CI: the whole run takes about an hour on the shared 2-core machine (times per module in mutation.md).
+mutmut runs under `nice -n 10` with one OpenMP thread per test process. mutmut does not mutate decorated functions
+(the context managers of hooks.py, EditStack.without/lifted, solve.single_thread): their tests check them directly
+(nested use, exceptions, the restored state).
 """
 
 from __future__ import annotations
