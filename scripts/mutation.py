@@ -309,8 +309,8 @@ def write_report(data: dict) -> None:
         surv = [(m["module"], s) for m in mods.values() for s in m["survivors"]]
         if surv:
             md += [f"### Surviving mutants ({label})", "", "| module | mutant | mutated line |", "| --- | --- | --- |"]
-            md += [f"| {mod} | `{s['mutant']}`{' (timed out)' if s.get('status') == 'timeout' else ''} | `{_cell(s['line'])}` |"
-                   for mod, s in surv]
+            md += [f"| {mod} | `{s['mutant']}`{'' if s.get('status') == 'survived' else ' (' + s.get('status', '') + ')'} | "
+                   f"`{_cell(s['line'])}` |" for mod, s in surv]
             md.append("")
         eq = [(m["module"], s) for m in mods.values() for s in m["equivalents"]]
         if eq:
