@@ -170,6 +170,9 @@ pytest_add_cli_args_test_selection = {q(tests)}
 use_git_change_detection = false
 track_dependencies = false
 timeout_multiplier = 60.0
+# fork each mutant's test run from a clean server process: a test that starts OpenMP threads in mutmut's own
+# process (torch.set_num_threads) would leave every later fork of it hanging in its first parallel region
+process_isolation = "forkserver"
 
 [tool.pytest.ini_options]
 testpaths = ["tests"]
