@@ -228,7 +228,8 @@ def _env() -> dict[str, str]:
 def run_module(module: str, children: int, timeout_s: float, resume: bool = False) -> dict:
     tests = [t for t in TESTS[module] if (ROOT / t).exists()]
     work = WORK / module
-    if resume and (work / "mutants").is_dir():  # mutmut keeps the results it has and tests the rest
+    meta = work / "mutants" / "src" / "model_rewrite" / f"{module}.py.meta"
+    if resume and meta.exists():  # mutmut keeps the results it has and tests the rest
         tests = [t for t in TESTS[module] if (work / t).exists()]
     else:
         work = _prepare(module, tests)
