@@ -127,6 +127,13 @@ EQUIVALENT: list[tuple[str, str, str, str]] = [
     ("solve", "_factored_block_output", "if want.shape == got.shape and float((want - got).abs().max()) < "
      "1e-4 * float(want.abs().max()) + 1e-6:", "a difference exactly at the tolerance has probability zero"),
     ("solve", "solve_update", "rows = inside.reshape(-1).to(None)", CPU),
+    ("solve", "solve_update", "cancelled.append(None)", "a list holding None is true like one holding the step"),
+    ("solve", "_goal_loss", "if preserve >= 0 and n_in < n_all:", "with preserve 0 the added outside term is 0 x a finite mean"),
+    ("solve", "_goal_loss", "loss = loss + preserve * outside / (keep.numel() / n_all * (n_all - n_in))",
+     "keep.numel() is a multiple of n_all: true and floor division agree"),
+    ("report", "measure_edit",
+     "layer = entry.spec.layer if (entry.spec is not None) and False else _layer_of(rw, entry.delta.param_path)",
+     "the layer an edit's spec names owns the edit's weight (Rewriter.apply checks it), so looking it up gives the same"),
     ("masks", "data_url_from_mask",
      'return "data:image/png;base64," + base64.b64encode(png_bytes_from_mask(mask)).decode("ASCII")',
      "codec names are case-insensitive"),
