@@ -13,6 +13,11 @@ why no test can tell it from the original.
     python scripts/mutation.py                    # every module, label "after"
     python scripts/mutation.py directions masks --label before --children 2
     python scripts/mutation.py --report           # apply EQUIVALENT to the stored results, rewrite mutation.md
+    python scripts/mutation.py solve --resume     # go on with an interrupted run (other sessions' cleanups end runs)
+    python scripts/mutation.py --collect ""       # reread finished scratch copies (e.g. after parallel runs)
+
+Several modules may run at once in separate processes (each its own scratch copy) with --results naming a file
+per process; --collect then gathers them.
 
 Not part of CI: the whole run takes about an hour on the shared 2-core machine (times per module in mutation.md).
 mutmut runs under `nice -n 10` with one OpenMP thread per test process. mutmut does not mutate decorated functions
@@ -23,7 +28,6 @@ mutmut runs under `nice -n 10` with one OpenMP thread per test process. mutmut d
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import os
 import shutil
