@@ -55,6 +55,8 @@ def test_version_1_files_move_rank_and_eig_floor_to_keys():
     d["update"] = {**d["update"], "rank": 3, "eig_floor": 0.2}
     spec = EditSpec.from_dict(d)
     assert spec.keys == KeyConfig(rank=3, eig_floor=0.2) and spec.update == UpdateConfig(steps=7)
+    with_keys = {**d, "keys": {"rank": 5}, "update": {"steps": 4}}  # a version 1 file that has "keys" keeps them
+    assert EditSpec.from_dict(with_keys).keys == KeyConfig(rank=5)
     d["update"] = {"steps": 4}  # neither given: the defaults
     assert EditSpec.from_dict(d).keys == KeyConfig()
     assert d["version"] == 1, "the caller's dict is not changed"

@@ -193,3 +193,6 @@ def test_get_module_lists_at_most_twelve_top_level_modules():
     with pytest.raises(LayerNotFound) as exc:
         get_module(m, "x")
     assert str(exc.value).endswith(f"top-level modules are {[str(i) for i in range(12)]}")
+    nested = nn.Sequential(nn.Sequential(nn.Identity()), nn.Identity())
+    with pytest.raises(LayerNotFound, match=r"top-level modules are \['0', '1'\]$"):  # not '0.0'
+        get_module(nested, "x")

@@ -101,10 +101,16 @@ def test_masks_from_images_use_a_varying_alpha_else_luminance():
     la.putpixel((1, 0), (9, 255))
     assert mask_from_data_url(url(la)).tolist() == [[0.0, 1.0]]
     pal = Image.new("P", (2, 1), 0)
-    pal.putpalette([0, 0, 0, 255, 255, 255])
+    pal.putpalette([255, 255, 255, 0, 0, 0])  # entry 0 white and transparent, entry 1 black and opaque
     pal.putpixel((1, 0), 1)
-    pal.info["transparency"] = 0  # palette entry 0 transparent: the alpha varies
+    pal.info["transparency"] = 0  # the alpha varies: it is the mask, not the (opposite) luminance
     assert mask_from_data_url(url(pal)).tolist() == [[0.0, 1.0]]
+    red = Image.new("P", (1, 1), 0)  # a palette image without transparency: its luminance (ITU-R 601-2), 76 for red
+    red.putpalette([255, 0, 0])
+    assert mask_from_data_url(url(red))[0, 0] == pytest.approx(76 / 255)
+    flat = Image.new("LA", (2, 1), (0, 255))  # an alpha that does not vary: the luminance
+    flat.putpixel((1, 0), (255, 255))
+    assert mask_from_data_url(url(flat)).tolist() == [[0.0, 1.0]]
 
 
 def test_mask_data_urls_and_files_are_checked(tmp_path):
@@ -195,7 +201,7 @@ def test_mask_details_that_only_some_images_show(tmp_path):
 
 def test_copy_placement_on_a_wide_grid_ignores_faint_paste_pixels():
     copy, paste = torch.zeros(6, 10), torch.zeros(6, 10)
-    copy[1:3, 0:4] = 1.0  # 2 x 4
-    paste[4, 9] = 1.0  # centre (4.5, 9.5): the box is shifted inside the 10 columns
+    copy[1:4, 0:4] = 1.0  # 3 x 4
+    paste[5, 9] = 1.0  # centre (5.5, 9.5): the box is shifted inside the 6 rows and the 10 columns
     paste[0, 0] = 1e-4  # below the threshold: not part of the paste region
-    assert copy_placement(copy, paste) == ((1, 3, 0, 4), (4, 6, 6, 10))
+    assert copy_placement(copy, paste) == ((1, 4, 0, 4), (3, 6, 6, 10))

@@ -92,6 +92,10 @@ def test_a_zero_change_scores_no_fidelity_no_transfer_and_no_change(tmp_path):
         "paste_fidelity", "transfer", "locality", "collateral", "goal_fidelity", "solve_fidelity"}
     assert q.solve_fidelity == 0.0  # the unchanged image is no closer to the rendered goal than itself
     assert len(q.lines()) == 6
+    # directions that read nothing: the heat is zero everywhere, the rule fires nowhere, there is no transfer
+    none = rw.apply(edit, LowRankDelta(spec.param_path, spec.key_axis, zero.factor, torch.zeros_like(dirs)))
+    q = quality_report(rw, none.id, range(40, 44))
+    assert q.fires_on == 0 and q.transfer is None and q.verdicts["transfer"].startswith("not measured")
 
 
 def test_erase_edits_have_no_preview_to_compare(tmp_path):

@@ -39,7 +39,7 @@ def _rows(t: torch.Tensor) -> np.ndarray:
     return t[0].double().permute(1, 2, 0).reshape(-1, t.shape[1]).numpy()
 
 
-def _inside(box, h=4, w=5) -> np.ndarray:
+def _inside(box, h, w) -> np.ndarray:
     m = np.zeros((h, w), bool)
     m[box[0]:box[1], box[2]:box[3]] = True
     return m.reshape(-1)
@@ -47,7 +47,7 @@ def _inside(box, h=4, w=5) -> np.ndarray:
 
 def _np_problem(goal: Goal, dirs: torch.Tensor):
     proj = _rows(goal.obs.keys) @ dirs.double().numpy().T  # (P, r): D k at every position
-    return proj, _rows(goal.obs.linear), _rows(goal.linear), _inside(goal.box)
+    return proj, _rows(goal.obs.linear), _rows(goal.linear), _inside(goal.box, *goal.linear.shape[2:])
 
 
 def _np_closed_form(goal, dirs, preserve, ridge) -> np.ndarray:
@@ -145,22 +145,36 @@ def test_the_l1_loss_is_the_mean_absolute_error_at_every_step():
     assert res.goal_loss == pytest.approx(_np_loss(goal, dirs, _x(res), "l1", 2.0), rel=1e-4)
 
 
-def test_cancel_stops_the_solve_and_the_thread_count_comes_back():
+def test_cancel_stops_the_solve_in_one_thread():
+    model, goal, dirs = _setup()
+    threads = []
+
+    def on_step(step, loss):
+        threads.append(torch.get_num_threads())
+        return step >= 2
+
+    res = solve_update(model, SPEC, dirs, goal, UpdateConfig(steps=50), on_step)
+    assert res.cancelled is True and len(res.losses) == 3 and threads == [1, 1, 1]
+    res = solve_update(model, SPEC, dirs, goal, UpdateConfig(steps=2))
+    assert res.cancelled is False and len(res.losses) == 3
+
+
+# The two tests below start OpenMP threads (torch.set_num_threads(2)); scripts/mutation.py leaves them out, since
+# mutmut forks each mutant from its own process and a fork after that hangs. What they test, solve.single_thread,
+# is a decorated function, which mutmut does not mutate anyway.
+
+
+def test_the_thread_count_comes_back_after_a_solve():
     model, goal, dirs = _setup()
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         threads = []
-
-        def on_step(step, loss):
-            threads.append(torch.get_num_threads())
-            return step >= 2
-
-        res = solve_update(model, SPEC, dirs, goal, UpdateConfig(steps=50), on_step)
-        assert res.cancelled and len(res.losses) == 3 and threads == [1, 1, 1]
+        res = solve_update(model, SPEC, dirs, goal, UpdateConfig(steps=3),
+                           lambda step, loss: threads.append(torch.get_num_threads()))
+        assert threads == [1, 1, 1, 1] and len(res.losses) == 4 and torch.get_num_threads() == 2
+        solve_update(model, SPEC, dirs, goal, UpdateConfig(steps=50), lambda step, loss: True)  # cancelled at once
         assert torch.get_num_threads() == 2
-        res = solve_update(model, SPEC, dirs, goal, UpdateConfig(steps=2))
-        assert not res.cancelled and len(res.losses) == 3 and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
 
@@ -260,6 +274,27 @@ def test_the_solve_uses_the_factored_path_leaves_the_global_rng_alone_and_report
     assert zero.losses == [] and zero.goal_loss == zero.closed_form_loss and zero.cancelled is False
 
 
+def test_preserve_with_a_single_position_outside_the_box():
+    model = KeysAreTheLatent(3, 2, (1, 2))
+    spec = LayerSpec("body", "body.0", key_axis=1)
+    z = torch.randn(1, 3, 1, 2, generator=torch.Generator().manual_seed(1))
+    obs = observe(model, spec, z)
+    target = obs.linear + torch.randn(obs.linear.shape, generator=torch.Generator().manual_seed(2))
+    goal = Goal(obs, target.clone(), target.clone(), (0, 1, 0, 1))  # one position in the box, one outside
+    dirs = torch.eye(3)[:1]  # rank 1: two rows (in, out) for one unknown per channel, so the outside weight counts
+    res = solve_update(model, spec, dirs, goal, UpdateConfig(method="closed_form", preserve=2.0, ridge=0.0))
+    np.testing.assert_allclose(_x(res), _np_closed_form(goal, dirs, 2.0, 0.0), rtol=2e-4, atol=2e-5)
+
+
+class _Strict(torch.nn.Conv2d):
+    """A convolution that refuses inputs of another width than its own (so not the r projected channels)."""
+
+    def forward(self, x):
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"wants {self.in_channels} channels")
+        return super().forward(x)
+
+
 class _Refuses(torch.nn.Module):
     """A block that refuses to run its convolution under an overridden forward (the factored path's probe fails)."""
 
@@ -307,6 +342,7 @@ def _factored(model, spec, r=2):
     ("grouped", None),  # its weight reads 4 of the 8 key channels: not the factored shape, silently the full layer
     ("twice", "layer body: the factored solve does not match the full layer; using the full layer"),
     ("refuses", "layer body: factored solve unavailable (no overrides here); using the full layer"),
+    ("strict", "layer body: factored solve unavailable (wants 8 channels); using the full layer"),
 ])
 def test_each_fallback_to_the_full_layer_says_why(kind, message, caplog):
     import logging
@@ -315,9 +351,10 @@ def test_each_fallback_to_the_full_layer_says_why(kind, message, caplog):
 
     torch.manual_seed(0)
     block = {"grouped": lambda: torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, padding=1, groups=2), torch.nn.Tanh()),
-             "twice": _Twice, "refuses": _Refuses}[kind]()
+             "twice": _Twice, "refuses": _Refuses,
+             "strict": lambda: torch.nn.Sequential(_Strict(8, 8, 3, padding=1), torch.nn.Tanh())}[kind]()
     model = _Body(block).eval()
-    spec = LayerSpec("body", "body.0" if kind == "grouped" else "body.conv", key_axis=1)
+    spec = LayerSpec("body", "body.0" if kind in ("grouped", "strict") else "body.conv", key_axis=1)
     with caplog.at_level(logging.INFO, logger="model_rewrite.solve"), torch.no_grad():
         reference, fast = _factored(model, spec)
     assert fast is reference
