@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from .errors import InvalidEdit
 
 T = TypeVar("T")
+
+
+def bounded(default: Any, **bounds: float) -> Any:
+    """A config field with bounds (`ge`, `gt`, `le`) in its metadata: checked when the config is built, and read
+    by the web schemas (server/schemas.py) and the page (through /api/info), so one table drives all three."""
+    return field(default=default, metadata={"bounds": bounds})
+
+
+def field_bounds(cls: type) -> dict[str, dict[str, float]]:
+    """{field: {"ge"|"gt"|"le": value}} of a config dataclass's bounded fields."""
+    return {f.name: dict(f.metadata["bounds"]) for f in dataclasses.fields(cls) if "bounds" in f.metadata}
 
 
 @dataclass(frozen=True)
@@ -39,7 +50,7 @@ class KeyConfig:
     `Rewriter.directions`, which takes this config and the edit's StatsConfig.
     """
 
-    rank: int = 1  # rank r of the change: the number of context directions
+    rank: int = bounded(1, ge=1, le=64)  # rank r of the change: the number of context directions
     eig_floor: float = 1e-6  # relative floor on eigenvalues of C when whitening
 
     def __post_init__(self) -> None:
@@ -57,8 +68,8 @@ class UpdateConfig:
 
     method: str = "optimize"  # "optimize" (constrained Adam, warm started), "closed_form", or "reference":
     # the authors' published algorithm (reference.py; steps, lr, loss, preserve, warm_start, tight_paste unused)
-    steps: int = 150  # Adam steps of the constrained optimisation (ref: 2000)
-    lr: float = 0.05  # Adam learning rate (ref: 0.05)
+    steps: int = bounded(150, ge=0, le=10_000)  # Adam steps of the constrained optimisation (ref: 2000)
+    lr: float = bounded(0.05, gt=0.0, le=10.0)  # Adam learning rate (ref: 0.05)
     loss: str = "l1"  # "l1" (ref) or "l2"
     warm_start: bool = True  # start the optimisation from the closed form
     tight_paste: bool = True  # goal loss only inside the pasted box (ref default)
@@ -129,6 +140,11 @@ def config_from_dict(cls: type[T], data: dict[str, Any] | None) -> T:
 
 
 def _check_ranges(cfg: Any) -> None:
+    for name, b in field_bounds(type(cfg)).items():
+        value = getattr(cfg, name)
+        if not (value >= b.get("ge", value) and ("gt" not in b or value > b["gt"]) and value <= b.get("le", value)):
+            low = f"at least {b['ge']}" if "ge" in b else f"more than {b['gt']}"
+            raise InvalidEdit(f"{type(cfg).__name__}.{name} must be {low} and at most {b['le']}, got {value!r}")
     positive = ("rank", "num_samples", "batch_size", "erase_units")
     if hasattr(cfg, "heat_direction") and cfg.heat_direction < 0:
         raise InvalidEdit("RenderConfig.heat_direction must be 0 or more (0 is the strongest direction)")

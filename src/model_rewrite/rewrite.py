@@ -3,6 +3,7 @@ context directions, solves, edit stack and samples. The steps themselves live in
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -12,7 +13,7 @@ from torch import nn
 
 from .cache import Store
 from .config import KeyConfig, StatsConfig, UpdateConfig
-from .directions import key_directions
+from .directions import key_directions, key_spectrum
 from .edits import EditSpec, Selection
 from .errors import IncompatibleEdit, InvalidEdit, SolveError
 from .goals import Goal, Observation, context_keys, copy_paste_goal, erase_goal, erase_units, observe, render_values
@@ -30,6 +31,8 @@ from .update import LowRankDelta
 
 if TYPE_CHECKING:  # pragma: no cover
     from .suggest import Candidate
+
+OBSERVED_CACHE = 16  # observations of (weights, layer, image) kept by `Rewriter.observe`
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,8 @@ class Rewriter:
         self.store = Store(cache_dir)
         self.stack = EditStack(self.model)
         self._stats: dict[tuple[str, StatsConfig], KeyStats] = {}
+        self.keep_observations = False  # see `observe` (the web app turns it on)
+        self._observed: OrderedDict[tuple, Observation] = OrderedDict()
 
     # --- looking at the model -------------------------------------------------------------
     def layers(self) -> list[LayerInfo]:
@@ -129,10 +134,26 @@ class Rewriter:
         return stats
 
     # --- solving --------------------------------------------------------------------------
+    def observe(self, spec: LayerSpec, seed: int) -> Observation:
+        """What layer `spec` reads and writes on image `seed` under the live weights. With `keep_observations`
+        the last OBSERVED_CACHE are kept, keyed by the stack's weights version, the latent scheme and the
+        model's scalar buffers (sampling settings), so repeated solves on the same images (the web app's live
+        preview) run the generator once per image; a model drawing random noise is never cached. Callers
+        must not modify the tensors."""
+        if not self.keep_observations or getattr(self.model, "noise_mode", "const") == "random":
+            return observe(self.model, spec, self.latents([seed]))
+        settings = tuple(float(b) for b in self.model.buffers() if b.numel() == 1)
+        key = (self.stack.version, self.latent_scheme, settings, spec.name, seed)
+        if key not in self._observed:
+            self._observed[key] = observe(self.model, spec, self.latents([seed]))
+            while len(self._observed) > OBSERVED_CACHE:
+                self._observed.popitem(last=False)
+        self._observed.move_to_end(key)
+        return self._observed[key]
+
     def _selection(self, spec: LayerSpec, sel: Selection, what: str) -> tuple[Observation, torch.Tensor, torch.Tensor]:
         mask = check_mask(sel.mask, self.info.resolution, what).to(self.device)
-        z = self.latents([sel.seed])
-        return observe(self.model, spec, z), mask, z
+        return self.observe(spec, sel.seed), mask, self.latents([sel.seed])
 
     def check_edit(self, edit: EditSpec) -> EditSpec:
         """The one check that an edit fits this model: made for it (by fingerprint), an editable
@@ -173,6 +194,16 @@ class Rewriter:
         obs = [self._selection(spec, s, f"context[{i}]")[:2] for i, s in enumerate(context)]
         k, weights = rows(obs)
         return key_directions(k, weights, self.stats(spec.name, stats).moment, keys.rank, keys.eig_floor)
+
+    def context_spectrum(self, layer: str, context: Sequence[Selection], keys: KeyConfig = KeyConfig(),
+                         stats: StatsConfig = StatsConfig()) -> tuple[torch.Tensor, int]:
+        """How many directions a context spans: the singular values of its whitened, weighted keys (the matrix
+        whose top rows `directions` keeps), largest first, and how many key locations it has."""
+        spec = self.spec(layer)
+        if not context:
+            raise InvalidEdit("give at least one context selection")
+        k, weights = context_keys([self._selection(spec, s, f"context[{i}]")[:2] for i, s in enumerate(context)])
+        return key_spectrum(k, weights, self.stats(spec.name, stats).moment, keys.eig_floor), int(k.shape[0])
 
     def edit_directions(self, edit: EditSpec) -> torch.Tensor:
         """The directions an edit defines: its context (or paste region), KeyConfig and StatsConfig; the

@@ -37,6 +37,7 @@ class EditStack:
         self.entries: list[StackEntry] = []
         self.undone: list[StackEntry] = []
         self._next_id = 1
+        self.version = 0  # counts every change of the live weights (a cache key for what they compute)
 
     def _param(self, path: str) -> nn.Parameter:
         params = dict(self.model.named_parameters())
@@ -80,6 +81,20 @@ class EditStack:
             self.entries.extend(saved)
             for path in self._base:
                 self._sync(path)
+
+    @contextmanager
+    def trial(self, delta: LowRankDelta) -> Iterator[None]:
+        """Inside the block `delta` is applied on top of the active edits; afterwards the stack is exactly as it
+        was (entries, redo list, next id and weights), as if nothing had been pushed. For previews."""
+        undone, next_id = list(self.undone), self._next_id
+        entry = self.push(delta, "trial")
+        try:
+            yield
+        finally:
+            self.entries.remove(entry)
+            self.undone[:] = undone
+            self._next_id = next_id
+            self._sync(delta.param_path)
 
     def push(self, delta: LowRankDelta, name: str = "", spec: EditSpec | None = None) -> StackEntry:
         """Apply an edit on top of the stack; clears the redo list."""
@@ -137,3 +152,4 @@ class EditStack:
                 weight += entry.delta.dense().to(weight.device, weight.dtype)
         with torch.no_grad():
             self._param(path).copy_(weight)
+        self.version += 1

@@ -8,7 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..edits import EditSpec, factors_path, load_edit, save_edit
+from ..edit_stack import is_edit_stack, read_edits, save_edit_stack
+from ..edits import EditSpec, factors_path, read_edit_json, save_edit
 from ..errors import InvalidEdit, RewriteError
 from ..update import LowRankDelta
 from .errors import NameTaken, NotFound
@@ -54,6 +55,14 @@ class EditFolder:
                 fpath.unlink()  # a draft replacing a solved edit must not inherit its factors
             return save_edit(path, spec, delta)
 
+    def write_stack(self, name: str, edits: list[tuple[EditSpec, LowRankDelta | None]], *, overwrite: bool = False) -> Path:
+        """Save a stack of edits (an edit-stack file with their factors) under `name`; NameTaken unless `overwrite`."""
+        path = self.file(name)
+        with self._lock:
+            if (path.exists() or factors_path(path).exists()) and not overwrite:
+                raise NameTaken(f"an edit named {path.stem!r} exists already; choose another name or save with overwrite")
+            return save_edit_stack(path, edits, name=path.stem)
+
     def listing(self) -> list[dict[str, Any]]:
         """The edit files, newest first, each with whether it fits this model (and why not)."""
         if not self.path.is_dir():
@@ -62,19 +71,24 @@ class EditFolder:
 
     def _describe(self, path: Path) -> dict[str, Any]:
         item: dict[str, Any] = {"name": path.stem, "layer": "", "model": "", "has_factors": factors_path(path).exists(),
-                                "compatible": False, "error": "", "modified": path.stat().st_mtime}
+                                "compatible": False, "error": "", "modified": path.stat().st_mtime, "kind": "edit", "count": 1}
         try:
-            spec, _ = load_edit(path)
-            item.update(layer=spec.layer, model=spec.model)
-            self.check(spec)
+            edits = read_edits(path)
+            specs = [spec for spec, _ in edits]
+            item.update(layer=", ".join(dict.fromkeys(s.layer for s in specs)), model=specs[0].model, count=len(specs),
+                        kind="stack" if is_edit_stack(read_edit_json(path)) else "edit",
+                        has_factors=all(delta is not None for _, delta in edits))
+            for spec in specs:
+                self.check(spec)
             item["compatible"] = True
         except RewriteError as exc:
             item["error"] = str(exc)
         return item
 
-    def read(self, name: str) -> tuple[EditSpec, LowRankDelta | None]:
-        """The spec and (if saved) factors of edit `name`; NotFound if there is none."""
+    def read(self, name: str) -> list[tuple[EditSpec, LowRankDelta | None]]:
+        """The edits of file `name` (one, or a stack's in order), each with its saved factors or None; NotFound
+        if there is none."""
         path = self.file(name)
         if not path.exists():
             raise NotFound(f"no saved edit named {path.stem!r} in {self.path}")
-        return load_edit(path)
+        return read_edits(path)
