@@ -215,8 +215,8 @@ def create_app(session: EditSession) -> FastAPI:
         to the largest), as the paper's UI printed them next to the rank."""
         context = [_selection(s, f"context[{i}]") for i, s in enumerate(body.context)]
         keys, stats = _direction_configs(body)
-        values, count = session.spectrum(body.layer, context, keys, stats)
-        return S.SpectrumOut(values=values, keys=count, rank=keys.rank, directions=sum(v >= SPAN_CUTOFF for v in values))
+        values, count, spans = session.spectrum(body.layer, context, keys, stats, SPAN_CUTOFF)
+        return S.SpectrumOut(values=values, keys=count, rank=keys.rank, directions=spans)
 
     @app.post("/api/live", response_model=S.LiveOut)
     def live(body: S.LiveIn) -> S.LiveOut:

@@ -285,10 +285,10 @@ class MatchesOut(BaseModel):
 class SpectrumOut(BaseModel):
     """How many directions a context spans: the singular values of its whitened keys, largest first."""
 
-    values: list[float]  # relative to the largest (the first is 1)
+    values: list[float]  # the first 16, relative to the largest (the first is 1)
     keys: int  # key locations under the context masks
     rank: int  # the rank asked for
-    directions: int  # how many values are at least SPAN_CUTOFF
+    directions: int  # how many of all the values are at least SPAN_CUTOFF (0.1)
 
 
 class LiveImage(BaseModel):

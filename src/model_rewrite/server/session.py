@@ -34,7 +34,7 @@ from .storage import EditFolder
 # The held-out images an executed edit is measured on: those of `model-rewrite apply` (--seed 1000 --samples 16).
 REPORT_SEEDS = tuple(range(1000, 1016))
 SPECTRUM_SHOWN = 16  # singular values of a context reported to the page
-LIVE_WAIT_S = 10.0  # a live preview waits this long for other requests (never for a job: that is 409 at once)
+LIVE_WAIT_S = 60.0  # a live preview waits this long for other requests (the first collects statistics; never for a job: 409 at once)
 
 
 def unique_name(name: str, taken: Sequence[str]) -> str:
@@ -151,12 +151,14 @@ class EditSession:
         context = [self.check_selection(s, f"context[{i}]") for i, s in enumerate(context)]
         return self.context.search(layer, context, keys, stats, seeds, top_k, quantile)
 
-    def spectrum(self, layer: str, context: Sequence[Selection], keys: KeyConfig, stats: StatsConfig) -> tuple[list[float], int]:
-        """The singular values (relative to the largest) of the context's whitened keys, and how many keys."""
+    def spectrum(self, layer: str, context: Sequence[Selection], keys: KeyConfig, stats: StatsConfig,
+                 cutoff: float) -> tuple[list[float], int, int]:
+        """The first SPECTRUM_SHOWN singular values (relative to the largest) of the context's whitened keys, how
+        many keys, and how many of all the values are at least `cutoff`."""
         context = [self.check_selection(s, f"context[{i}]") for i, s in enumerate(context)]
         with self.lock.held():
             values, count = self.rw.context_spectrum(layer, context, keys, stats)
-        return [float(v) for v in values[:SPECTRUM_SHOWN]], count
+        return [float(v) for v in values[:SPECTRUM_SHOWN]], count, int((values >= cutoff).sum())
 
     def live_preview(self, spec: EditSpec, seeds: Sequence[int]) -> tuple[list[np.ndarray], float]:
         """Images `seeds` (H, W, 3) uint8 with `spec` solved in closed form (no optimisation) and applied only
