@@ -41,13 +41,14 @@ async function loadGallery() {
   $("#next").disabled = g.page >= g.pages - 1;
   const key = JSON.stringify([g.state, g.seeds, app.view]);
   const root = $("#gallery");
-  if (key !== root.dataset.key) buildCards(g);
+  const changed = key !== root.dataset.key;
+  if (changed) buildCards(g);
   root.dataset.key = key;
   root.dataset.state = g.state;
   root.dataset.view = app.view;
   markGallery(false);
   if ($("#show-matches").checked) await showMatches();
-  if (stateChanged || !app.live) scheduleLive();
+  if (changed || !app.live) scheduleLive(); // the live preview follows the images shown
 }
 
 function buildCards(g) {
