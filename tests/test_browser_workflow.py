@@ -486,6 +486,7 @@ def test_the_tools_work_by_keyboard_only(page):
     pg.wait_for_function("() => document.querySelector('#gallery').dataset.view === 'edited'")
     # Import is a real button: Enter opens the file chooser
     pg.focus("#import-button")
+    assert pg.evaluate("() => document.activeElement.id") == "import-button"
     edit = {"not": "an edit"}
     with pg.expect_file_chooser() as fc:
         kb.press("Enter")
