@@ -1,7 +1,9 @@
 """Benchmark: the web app on the default face model, over real HTTP against a live `serve()` process.
 
 Measures (targets from issue 3): Execute -> an updated 16-image gallery (< 3 s) and rendering a 32-image
-gallery page (< 1 s), each as the page does it: the JSON call, then every image's PNG.
+gallery page (< 1 s), each as the page does it: the JSON call, then every image's PNG. And (issue 12) the live
+preview in Chromium: from the mouse-up that ends a stroke to a 16-image gallery showing the closed-form edit,
+every image decoded (< 0.3 s), with the server's share (POST /api/live) alone over HTTP.
 Writes benchmarks/results/web.json. Run: .venv/bin/python benchmarks/bench_web.py [--repeats 5]
 """
 
@@ -82,6 +84,7 @@ def _execute(client: httpx.Client, pool: ThreadPoolExecutor, seeds: str) -> dict
 
 
 _BROWSER_EXECUTE = """async (edit) => {
+  document.querySelector('#live').checked = false; // Execute alone, without a live preview
   await showEdit(edit);                       // the edit's regions, as if painted
   document.querySelector('#seeds').value = edit.gallery;
   app.page = 0;
@@ -124,6 +127,74 @@ def _browser_execute(url: str, repeats: int) -> list[float] | None:
     return times
 
 
+_BROWSER_LIVE_SETUP = """async (edit) => {
+  document.querySelector('#live').checked = true;
+  await showEdit(edit);                       // the edit's regions, as if painted: a first live preview follows
+  document.querySelector('#seeds').value = edit.gallery;
+  app.page = 0;
+  await loadGallery();
+  setTool('context');
+  window.__ups = [];
+  document.addEventListener('pointerup', () => window.__ups.push(performance.now()), true);
+}"""
+
+_BROWSER_LIVE_DONE = """(seq) => {
+  const g = document.querySelector('#gallery');
+  const imgs = [...g.querySelectorAll('img[data-live="1"]')];
+  return app.live && app.live.seq > seq && app.live.version === app.draftVersion && imgs.length === 16 &&
+         imgs.every((i) => i.complete && i.naturalWidth > 0);
+}"""
+
+
+def _browser_live(url: str, repeats: int) -> dict | None:
+    """Seconds from the mouse-up ending a context stroke to 16 decoded live-preview images, in headless Chromium."""
+    chromium = "/usr/bin/chromium"
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        return None
+    if not os.path.exists(chromium):
+        return None
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+    times, server = [], []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=args)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(url)
+        page.wait_for_selector("body[data-ready='1']")
+        page.evaluate("() => { localStorage.setItem('model-rewrite.guide-seen', '1'); toggleGuide(false); }")
+        page.evaluate(_BROWSER_LIVE_SETUP, {**EDIT, "update": {}, "gallery": "500-515"})
+        page.wait_for_function(_BROWSER_LIVE_DONE, arg=0, timeout=300_000)
+        for i in range(repeats + 1):  # the first stroke warms up
+            seq = page.evaluate("() => app.live.seq")
+            canvas = page.locator('#gallery .card[data-seed="502"] .view.edited canvas.paint')
+            box = canvas.bounding_box()
+            y = box["y"] + box["height"] * (0.2 + 0.1 * (i % 6))
+            page.mouse.move(box["x"] + box["width"] * 0.2, y)
+            page.mouse.down()
+            page.mouse.move(box["x"] + box["width"] * 0.5, y, steps=5)
+            page.mouse.up()
+            page.wait_for_function(_BROWSER_LIVE_DONE, arg=seq, timeout=60_000)
+            if i:
+                times.append(page.evaluate("() => (performance.now() - window.__ups[window.__ups.length - 1]) / 1000"))
+                server.append(page.evaluate("() => app.live.seconds"))
+        browser.close()
+    return {"times": times, "server": server}
+
+
+def _live_http(client: httpx.Client, repeats: int) -> list[float]:
+    """Seconds of POST /api/live (closed-form solve + 16 images rendered and encoded) over HTTP, as the page sends it."""
+    body = {"edit": EDIT, "seeds": list(range(600, 616))}
+    client.post("/api/live", json=body).raise_for_status()  # statistics and observations
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        client.post("/api/live", json=body).raise_for_status()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=5)
@@ -133,6 +204,7 @@ def main() -> None:
         proc, url, t_start = _start_server(str(Path(tmp) / "cache"), str(Path(tmp) / "edits"))
         try:
             with httpx.Client(base_url=url, timeout=300) as client, ThreadPoolExecutor(6) as pool:
+                live_http = _live_http(client, args.repeats)
                 cold32, warm32 = [], []
                 for i in range(args.repeats):
                     seeds = f"{1000 + 32 * i}-{1000 + 32 * i + 31}"  # fresh seeds: nothing cached
@@ -146,6 +218,7 @@ def main() -> None:
                     client.post("/api/history/revert").raise_for_status()
                 info = client.get("/api/info").json()
             browser_runs = _browser_execute(url, args.repeats)
+            browser_live = _browser_live(url, args.repeats)
         finally:
             proc.terminate()
             proc.wait(30)
@@ -172,6 +245,14 @@ def main() -> None:
             "median": med(browser_runs), "min": round(min(browser_runs), 3), "max": round(max(browser_runs), 3),
             "target": 3.0, "note": "headless Chromium: click Execute until all 16 updated images are decoded"},
         "first_execute_with_statistics_s": {k: round(v, 3) for k, v in first.items()},
+        "live_preview_http_s": {"median": med(live_http), "min": round(min(live_http), 3), "max": round(max(live_http), 3),
+                                "note": "POST /api/live: closed-form solve, 16 images rendered and PNG-encoded, over HTTP"},
+        "live_preview_mouse_up_to_gallery_16_in_browser_s": None if browser_live is None else {
+            "median": med(browser_live["times"]), "min": round(min(browser_live["times"]), 3),
+            "max": round(max(browser_live["times"]), 3), "target": 0.3,
+            "server_median_s": med(browser_live["server"]),
+            "note": "headless Chromium: a real mouse stroke with the Context tool; from its mouse-up (60 ms debounce "
+                    "included) until all 16 live-preview images are decoded"},
         "method": "HTTP against a live serve() process on 127.0.0.1; a gallery = GET /api/gallery (renders the page "
                   "batched) + every PNG, 6 requests at a time; execute = POST /api/execute, poll /api/job, then the "
                   "16-image gallery; medians over repeats; each execute reverted before the next.",

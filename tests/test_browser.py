@@ -106,6 +106,7 @@ def wait_gallery_state(pg, pattern: str) -> str:
 def test_paint_execute_toggle_undo_save_reload_load_export(page, server, tmp_path):
     pg = page
     edits_dir = server[1]
+    pg.uncheck("#live")  # this test reads the model's images; the live preview has its own test
     # 16 images a page on seeds 0-15
     pg.select_option("#per-page", "16")
     pg.wait_for_function("() => document.querySelector('#page-info').textContent.includes('· 64 images')")
@@ -234,6 +235,7 @@ def test_paint_execute_toggle_undo_save_reload_load_export(page, server, tmp_pat
     wait_gallery_state(pg, "-base$")
     pg.reload()
     pg.wait_for_selector("body[data-ready='1']")
+    pg.uncheck("#live")
     assert pg.locator("#context-tray .tray-item").count() == 0
     pg.click('#saved-list button.load[data-name="e2e-cheek"]')
     pg.wait_for_function("() => document.querySelectorAll('#context-tray .tray-item').length === 2")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .cli_flags import (OneLineParser, add_common, add_config_flags, adopt_latents, check_heat_direction, config_from_flags,
-                        input_files, int_in, load_edit_for, rewriter_from_args, seeds_from_args, with_flags)
+                        input_files, int_in, load_edit_for, load_edits_for, rewriter_from_args, seeds_from_args, with_flags)
 from .cli_paper import add_paper_commands
 from .cli_quality import add_quality_commands
 from .config import KeyConfig, RenderConfig, StatsConfig, UpdateConfig
@@ -86,7 +86,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     out, paths = Path(args.out), [Path(p) for p in args.edits]
     seeds, render = seeds_from_args(args), config_from_flags(args, RenderConfig)  # every argument checked before any work
     check_output_folder(out, input_files(rw, paths))
-    edits = [(path, *with_flags(*load_edit_for(rw, path, args), args)) for path in paths]
+    edits = [(label, *with_flags(spec, delta, args)) for path in paths for label, spec, delta in load_edits_for(rw, path, args)]
     adopt_latents(rw, [spec for _, spec, _ in edits], args)
     for path, spec, _ in edits:  # read and check every edit before any work
         if spec.is_search_request:
@@ -150,7 +150,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     for item in input_files(rw, [Path(p) for p in args.edits]):
         if item.resolve() == out or Path(f"{item}.edits.json").resolve() == out:
             raise RewriteError(f"--out {args.out} is the input {item}; write the edited model to another file")
-    edits = [load_edit_for(rw, Path(p), args) for p in args.edits]
+    edits = [(spec, delta) for p in args.edits for _, spec, delta in load_edits_for(rw, Path(p), args)]
     adopt_latents(rw, [spec for spec, _ in edits], args)
     for spec, _ in edits:  # every edit is checked before any is applied
         rw.check_edit(spec)
@@ -199,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_stats)
 
     p = sub.add_parser("apply", help="apply edit files; write the edited weights, a before/after grid and report.json")
-    p.add_argument("edits", nargs="+", metavar="EDIT.json")
+    p.add_argument("edits", nargs="+", metavar="EDIT.json", help="edit files, or edit-stack files (the web app's saved "
+                   "stacks): their edits are applied in order")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--resolve", action="store_true", help="solve again even if solved factors lie beside the edit")
     p.add_argument("--joint", action="store_true", help="solve the rules at each layer together; measure each rule "

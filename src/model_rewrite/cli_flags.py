@@ -125,6 +125,22 @@ def load_edit_for(rw: Any, path: Path, args: argparse.Namespace):
                                 resolution=rw.info.resolution, latents=rw.latent_scheme)
 
 
+def load_edits_for(rw: Any, path: Path, args: argparse.Namespace) -> list[tuple[Path, Any, Any]]:
+    """The edits of one file as (label, spec, factors): one for an edit or request file, several for an edit
+    stack (format "model-rewrite-edit-stack", labelled STEM-1.json, STEM-2.json, ... in their order)."""
+    from .edit_stack import is_edit_stack, load_edit_stack
+    from .edits import read_edit_json
+
+    if not is_edit_stack(read_edit_json(path)):
+        return [(path, *load_edit_for(rw, path, args))]
+    edits = load_edit_stack(path, max_side=rw.info.resolution)
+    layer = rw.spec(args.layer).name if getattr(args, "layer", None) else None
+    if layer and any(spec.layer != layer for spec, _ in edits):
+        raise RewriteError(f"--layer {layer} differs from the layers of the stack {path} ({', '.join(s.layer for s, _ in edits)}); "
+                          "drop --layer")
+    return [(path.with_name(f"{path.stem}-{i + 1}.json"), spec, delta) for i, (spec, delta) in enumerate(edits)]
+
+
 def adopt_latents(rw: Any, specs: Sequence[Any], args: argparse.Namespace) -> None:
     """Without --latents, use the latent scheme the edits were made with (when they agree), so that an edit
     file written with `--latents paper` re-applies without the flag."""

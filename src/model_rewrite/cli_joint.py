@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .cli_flags import config_from_flags, load_edit_for, seeds_from_args, with_flags
+from .cli_flags import config_from_flags, load_edits_for, seeds_from_args, with_flags
 from .run_edits import Progress
 from .config import RenderConfig
 from .edits import EditSpec, read_edit_json
@@ -42,10 +42,10 @@ def read_batch(rw: Any, paths: list[Path], args: argparse.Namespace) -> tuple[li
                 sources.append(f"{path}#{i}")
             if len(paths) == 1 and groups and not changed:
                 solved = groups
-        else:
-            spec, _ = load_edit_for(rw, path, args)
-            edits.append(with_flags(spec, None, args)[0])
-            sources.append(str(path))
+        else:  # an edit, a request or an edit stack (each member a rule of the batch)
+            for label, spec, _ in load_edits_for(rw, path, args):
+                edits.append(with_flags(spec, None, args)[0])
+                sources.append(str(label))
     return check_batch([rw.check_edit(e) for e in edits]), solved, sources
 
 

@@ -130,6 +130,15 @@ def field_range(cls: type, name: str) -> Range | None:
     return _fields(cls)[name][1]
 
 
+def field_bounds(cls: type) -> dict[str, dict[str, float]]:
+    """{field: {"ge"|"gt": lo, "le"|"lt": hi}} of a config class's ranged fields, as the web page reads them."""
+    out = {}
+    for name, (_, rng, _) in _fields(cls).items():
+        if rng is not None:
+            out[name] = {"gt" if rng.lo_open else "ge": rng.lo, "lt" if rng.hi_open else "le": rng.hi}
+    return out
+
+
 def field_choices(cls: type, name: str) -> tuple[str, ...] | None:
     """The allowed values of string field `name` of config class `cls` (None when any string goes)."""
     return _fields(cls)[name][2]

@@ -60,3 +60,14 @@ def key_directions(
     signs = torch.sign(dirs @ reference)
     signs[signs == 0] = 1
     return (dirs * signs[:, None]).to(keys.dtype)
+
+
+def key_spectrum(keys: torch.Tensor, weights: torch.Tensor, cov: torch.Tensor, eig_floor: float = 1e-6) -> torch.Tensor:
+    """Singular values of the whitened, weighted keys that `key_directions` takes its directions from, largest
+    first, divided by the largest: how many directions a context really spans (the paper's UI printed them)."""
+    w = weights.to(keys.device, torch.float64)
+    if not (w > 0).any():
+        raise ValueError("no key has positive weight: the context selection is empty")
+    white = (keys.to(torch.float64) @ zca_whitener(cov.to(keys.device), eig_floor)) * w[:, None]
+    s = torch.linalg.svdvals(white)
+    return s / s[0].clamp_min(1e-300)

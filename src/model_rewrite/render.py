@@ -30,14 +30,15 @@ def upsample_map(maps: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(maps[:, None].float(), size=(size, size), mode="nearest")[:, 0]
 
 
-def overlay(images: np.ndarray, regions: torch.Tensor) -> np.ndarray:
-    """Tint `regions` (N, H, W) bool of images (N, H, W, 3) uint8: dim outside, keep inside, red edge."""
+def overlay(images: np.ndarray, regions: torch.Tensor, edge_color: tuple[int, int, int] = (255, 40, 40)) -> np.ndarray:
+    """Tint `regions` (N, H, W) bool of images (N, H, W, 3) uint8: dim outside, keep inside, an edge in
+    `edge_color` (red by default; the web page draws matches in amber, red being its Copy colour)."""
     out = images.astype(np.float32) * 0.45
     inside = regions.numpy()[..., None]
     out = np.where(inside, images.astype(np.float32), out)
     r = regions.numpy()
     edge = r & ~(np.roll(r, 1, 1) & np.roll(r, -1, 1) & np.roll(r, 1, 2) & np.roll(r, -1, 2))
-    out[edge] = (255, 40, 40)
+    out[edge] = edge_color
     return out.clip(0, 255).astype(np.uint8)
 
 

@@ -3,6 +3,7 @@ context directions, solves, edit stack and samples. The steps themselves live in
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -13,7 +14,7 @@ from torch import nn
 from . import distributed
 from .cache import Store
 from .config import KeyConfig, StatsConfig, UpdateConfig
-from .directions import key_directions, zca_whitener
+from .directions import key_directions, key_spectrum, zca_whitener
 from .distributed import sharded
 from .edits import EditSpec, Selection, check_made_for
 from .errors import IncompatibleEdit, InvalidEdit, SolveError
@@ -33,6 +34,8 @@ from .update import LowRankDelta
 if TYPE_CHECKING:  # pragma: no cover
     from .joint import JointResult
     from .suggest import Candidate
+
+OBSERVED_CACHE = 16  # observations of (weights, layer, image) kept by `Rewriter.observe`
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,8 @@ class Rewriter:
         self._stats: dict[tuple[str, StatsConfig], KeyStats] = {}
         self._whiteners: dict[tuple[str, StatsConfig, float], torch.Tensor] = {}
         self._recent: dict[tuple[str, int], Observation] | None = None  # set while solve_many prepares rules
+        self.keep_observations = False  # see `observe` (the web app turns it on)
+        self._observed: OrderedDict[tuple, Observation] = OrderedDict()
 
     # --- looking at the model -------------------------------------------------------------
     def layers(self) -> list[LayerInfo]:
@@ -144,11 +149,28 @@ class Rewriter:
         return stats
 
     # --- solving --------------------------------------------------------------------------
+    def observe(self, spec: LayerSpec, seed: int) -> Observation:
+        """What layer `spec` reads and writes on image `seed` under the live weights. With `keep_observations`
+        the last OBSERVED_CACHE are kept, keyed by the stack's weights version, the latent scheme and the
+        model's scalar buffers (sampling settings), so repeated solves on the same images (the web app's live
+        preview) run the generator once per image; a model drawing random noise is never cached. Callers
+        must not modify the tensors."""
+        if not self.keep_observations or getattr(self.model, "noise_mode", "const") == "random":
+            return observe(self.model, spec, self.latents([seed]))
+        settings = tuple(float(b) for b in self.model.buffers() if b.numel() == 1)
+        key = (self.stack.version, self.latent_scheme, settings, spec.name, seed)
+        if key not in self._observed:
+            self._observed[key] = observe(self.model, spec, self.latents([seed]))
+            while len(self._observed) > OBSERVED_CACHE:
+                self._observed.popitem(last=False)
+        self._observed.move_to_end(key)
+        return self._observed[key]
+
     def _selection(self, spec: LayerSpec, sel: Selection, what: str) -> tuple[Observation, torch.Tensor, torch.Tensor]:
         mask = check_mask(sel.mask, self.info.resolution, what).to(self.device)
         z = self.latents([sel.seed])
         if self._recent is None:
-            return observe(self.model, spec, z), mask, z
+            return self.observe(spec, sel.seed), mask, z
         key = (spec.name, sel.seed)  # while many rules are prepared: the last few images seen (a rule's paste is
         if key not in self._recent:  # often its context too), never more, to keep memory at N x key map
             self._recent[key] = observe(self.model, spec, z)
@@ -195,6 +217,16 @@ class Rewriter:
         if wkey not in self._whiteners:
             self._whiteners[wkey] = zca_whitener(moment, keys.eig_floor)
         return key_directions(k, weights, moment, keys.rank, keys.eig_floor, self._whiteners[wkey])
+
+    def context_spectrum(self, layer: str, context: Sequence[Selection], keys: KeyConfig = KeyConfig(),
+                         stats: StatsConfig = StatsConfig()) -> tuple[torch.Tensor, int]:
+        """How many directions a context spans: the singular values of its whitened, weighted keys (the matrix
+        whose top rows `directions` keeps), largest first, and how many key locations it has."""
+        spec = self.spec(layer)
+        if not context:
+            raise InvalidEdit("give at least one context selection")
+        k, weights = context_keys([self._selection(spec, s, f"context[{i}]")[:2] for i, s in enumerate(context)])
+        return key_spectrum(k, weights, self.stats(spec.name, stats).moment, keys.eig_floor), int(k.shape[0])
 
     def edit_directions(self, edit: EditSpec) -> torch.Tensor:
         """The directions an edit defines: its context (or paste region), KeyConfig and StatsConfig; the

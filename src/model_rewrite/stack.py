@@ -51,6 +51,8 @@ class EditStack:
         self.undone: list[StackEntry] = []
         self._next_id = 1
         self._next_batch = 1
+        self.version = 0  # names the live weights (a cache key for what they compute): new for every change,
+        self._versions = 0  # the old one again when `trial` puts the weights back bit for bit
 
     def _param(self, path: str) -> nn.Parameter:
         params = dict(self.model.named_parameters())
@@ -179,15 +181,19 @@ class EditStack:
 
     @contextmanager
     def trial(self) -> Iterator[None]:
-        """Inside the block, edits may be pushed, undone and removed at will; afterwards the active and undone
-        entries are put back as they were and the weights recomputed (bit for bit)."""
-        entries, undone = list(self.entries), list(self.undone)
+        """Inside the block, edits may be pushed, undone and removed at will (a preview: push a delta inside);
+        afterwards the active and undone entries and the next ids are put back as they were and the weights
+        recomputed (bit for bit), as if nothing had happened."""
+        entries, undone, ids = list(self.entries), list(self.undone), (self._next_id, self._next_batch)
+        version = self.version
         try:
             yield
         finally:
             self.entries[:], self.undone[:] = entries, undone
+            self._next_id, self._next_batch = ids
             for path in self._base:
                 self._sync(path)
+            self.version = version
 
     def remove(self, entry_id: int) -> StackEntry:
         """Remove any one edit, leaving the others exactly as if it had never been applied."""
@@ -212,3 +218,5 @@ class EditStack:
                 weight += entry.delta.dense().to(weight.device, weight.dtype)
         with torch.no_grad():
             self._param(path).copy_(weight)
+        self._versions += 1
+        self.version = self._versions

@@ -14,29 +14,32 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
-from ..config import KeyConfig, RenderConfig, StatsConfig, UpdateConfig, config_from_dict, config_to_dict
+from ..config import KeyConfig, RenderConfig, StatsConfig, UpdateConfig, config_from_dict, config_to_dict, field_bounds
 from ..edits import EDIT_FORMAT, EDIT_VERSION, EditSpec, Selection, selection_from_dict
 from ..errors import IncompatibleEdit, InvalidEdit, RewriteError
 from ..latents import parse_seeds
 from ..masks import check_mask_budget
-from ..render import data_url
+from ..render import data_url, png_bytes
 from ..rewrite import Rewriter
 from ..stack import StackEntry
 from . import schemas as S
-from .errors import NameTaken, NotFound, SessionBusy, StorageError
+from .context import REFERENCE_SEEDS
+from .errors import DuplicateEdit, NameTaken, NotFound, SessionBusy, StorageError
 from .guards import BodyLimit, SameOriginJSON, TrustedHostMiddleware, allowed_hosts
 from .jobs import Job
 from .session import EditSession
+from .storage import NAME_RE
 
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
 MAX_BODY_BYTES = 16 * 1024 * 1024
+SPAN_CUTOFF = 0.1  # a context "spans" the directions whose singular value is at least this share of the largest
 
 
 def _status_of(exc: RewriteError) -> int:
     if isinstance(exc, NotFound):
         return 404
-    if isinstance(exc, (SessionBusy, NameTaken, IncompatibleEdit)):
+    if isinstance(exc, (SessionBusy, NameTaken, IncompatibleEdit, DuplicateEdit)):
         return 409
     if isinstance(exc, StorageError):
         return 500
@@ -118,7 +121,10 @@ def create_app(session: EditSession, host: str | None = None, hosts: Sequence[st
 
     @app.exception_handler(RewriteError)
     async def rewrite_error(_request: Request, exc: RewriteError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=_status_of(exc))
+        body = {"detail": str(exc)}
+        if getattr(exc, "code", None):  # what kind of 409 it is: "busy" (a job runs) or "duplicate"
+            body["code"] = exc.code  # type: ignore[attr-defined]
+        return JSONResponse(body, status_code=_status_of(exc))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -142,6 +148,9 @@ def create_app(session: EditSession, host: str | None = None, hosts: Sequence[st
             default_layer=session.default_layer, keys=config_to_dict(KeyConfig()), update=config_to_dict(UpdateConfig()),
             stats=config_to_dict(StatsConfig()), fire_quantile=RenderConfig().fire_quantile, max_page=S.MAX_PAGE,
             edits_dir=str(session.edits_dir), session=session.nonce,
+            bounds={name: field_bounds(cls) for name, cls in (("keys", KeyConfig), ("update", UpdateConfig), ("stats", StatsConfig))},
+            max_gallery=S.MAX_GALLERY, max_search=S.MAX_SEARCH, max_seed=S.MAX_SEED, name_pattern=NAME_RE.pattern,
+            match_reference=list(REFERENCE_SEEDS),
         )
 
     # --- images -----------------------------------------------------------------------
@@ -150,7 +159,7 @@ def create_app(session: EditSession, host: str | None = None, hosts: Sequence[st
                 per_page: int = Query(16, ge=1, le=S.MAX_PAGE),
                 which: str = Query("edited", pattern="^(edited|original|both)$")) -> S.GalleryOut:
         """One page of a seed range or list; its images are rendered (batched) before the answer."""
-        all_seeds = parse_seeds(seeds)
+        all_seeds = parse_seeds(seeds, limit=S.MAX_GALLERY)
         pages = max(1, -(-len(all_seeds) // per_page))
         page = min(page, pages - 1)
         shown = all_seeds[page * per_page : (page + 1) * per_page]
@@ -182,9 +191,30 @@ def create_app(session: EditSession, host: str | None = None, hosts: Sequence[st
         candidates = parse_seeds(body.seeds, limit=S.MAX_SEARCH)
         _check_masks(session, [s.mask for s in body.context])
         context = [_selection(session, s, f"context[{i}]") for i, s in enumerate(body.context)]
-        state, best = session.search(body.layer, context, *_direction_configs(body), candidates, body.top_k)
-        return S.SearchOut(matches=[S.Match(seed=s, score=v, url=_image_url(state, s)) for s, v in best],
-                           searched=len(candidates))
+        state, threshold, best = session.search(body.layer, context, *_direction_configs(body), candidates, body.top_k,
+                                                body.quantile)
+        return S.SearchOut(matches=[S.Match(seed=s, score=v, url=_image_url(state, s), overlay=data_url(png), mask=data_url(mask),
+                                            fraction=f) for s, v, png, mask, f in best],
+                           searched=len(candidates), threshold=threshold, quantile=body.quantile)
+
+    @app.post("/api/spectrum", response_model=S.SpectrumOut)
+    def spectrum(body: S.ContextIn) -> S.SpectrumOut:
+        """How many directions the context spans: the singular values of its whitened keys (largest first, relative
+        to the largest), as the paper's UI printed them next to the rank."""
+        _check_masks(session, [s.mask for s in body.context])
+        context = [_selection(session, s, f"context[{i}]") for i, s in enumerate(body.context)]
+        keys, stats = _direction_configs(body)
+        values, count, spans = session.spectrum(body.layer, context, keys, stats, SPAN_CUTOFF)
+        return S.SpectrumOut(values=values, keys=count, rank=keys.rank, directions=spans)
+
+    @app.post("/api/live", response_model=S.LiveOut)
+    def live(body: S.LiveIn) -> S.LiveOut:
+        """The draft's effect on `seeds` without executing it: solved in closed form (no optimisation), applied
+        only while the images render; nothing is pushed. 409 while a job runs."""
+        spec = _spec_from_input(session, body.edit)
+        images, seconds = session.live_preview(spec, body.seeds)
+        return S.LiveOut(images=[S.LiveImage(seed=s, image=data_url(png_bytes(im))) for s, im in zip(body.seeds, images)],
+                         seconds=round(seconds, 4), layer=spec.layer)
 
     @app.post("/api/matches", response_model=S.MatchesOut)
     def matches(body: S.MatchesIn) -> S.MatchesOut:
@@ -197,9 +227,10 @@ def create_app(session: EditSession, host: str | None = None, hosts: Sequence[st
 
     # --- executing edits ----------------------------------------------------------------
     @app.post("/api/execute", response_model=S.JobOut, status_code=202)
-    def execute(body: S.EditIn) -> S.JobOut:
-        """Start solving the edit; poll /api/job for progress. 409 while another edit runs."""
-        return _job_out(session.start_job(_spec_from_input(session, body)))
+    def execute(body: S.EditIn, again: bool = False) -> S.JobOut:
+        """Start solving the edit; poll /api/job for progress. 409 while another edit runs (code "busy"), or when
+        the same edit is applied already (code "duplicate"; `again=true` applies it a second time)."""
+        return _job_out(session.start_job(_spec_from_input(session, body), again=again))
 
     @app.post("/api/suggest", response_model=S.JobOut, status_code=202)
     def suggest(body: S.EditIn) -> S.JobOut:
@@ -255,10 +286,10 @@ def create_app(session: EditSession, host: str | None = None, hosts: Sequence[st
 
     @app.post("/api/edits", response_model=S.SavedEditOut, status_code=201)
     def save(body: S.SaveIn) -> S.SavedEditOut:
-        """Save the last applied edit (or `entry_id`, or a draft `edit`); 409 if the name exists
-        and `overwrite` is false."""
+        """Save the whole active stack (`stack`, an edit-stack file), the last applied edit (or `entry_id`), or a
+        draft `edit`; 409 if the name exists and `overwrite` is false."""
         spec = _spec_from_input(session, body.edit) if body.edit is not None else None
-        path = session.save(body.name, overwrite=body.overwrite, entry_id=body.entry_id, spec=spec)
+        path = session.save(body.name, overwrite=body.overwrite, entry_id=body.entry_id, spec=spec, stack=body.stack)
         return _saved(path.stem)
 
     def _saved(name: str) -> S.SavedEditOut:
@@ -276,8 +307,10 @@ def create_app(session: EditSession, host: str | None = None, hosts: Sequence[st
 
     @app.get("/api/edits/{name}", response_model=S.SavedEditDetail)
     def read_edit(name: str) -> S.SavedEditDetail:
-        spec, delta = session.read_edit(name)
-        return S.SavedEditDetail(name=session.edit_path(name).stem, has_factors=delta is not None, edit=spec.to_dict())
+        """A saved edit (of a stack: its last edit, with `count` and every edit in `edits`)."""
+        edits = session.read_edit(name)
+        return S.SavedEditDetail(name=session.edit_path(name).stem, has_factors=all(d is not None for _, d in edits),
+                                 edit=edits[-1][0].to_dict(), count=len(edits), edits=[s.to_dict() for s, _ in edits])
 
     @app.get("/api/edits/{name}/file", response_class=FileResponse)
     def download_edit(name: str) -> FileResponse:
@@ -290,10 +323,11 @@ def create_app(session: EditSession, host: str | None = None, hosts: Sequence[st
     def load(name: str, body: S.LoadIn | None = None) -> S.LoadOut:
         """Read a saved edit for the page and (by default) apply it: at once with its factors, else
         as a job."""
-        spec, entry, job = session.load(name, apply=body.apply if body is not None else True)
-        return S.LoadOut(name=session.edit_path(name).stem, edit=spec.to_dict(),
-                         entry=_entry_out(entry) if entry is not None else None,
-                         job=_job_out(job) if job is not None else None)
+        body = body if body is not None else S.LoadIn()
+        specs, entries, job = session.load(name, apply=body.apply, again=body.again)
+        return S.LoadOut(name=session.edit_path(name).stem, edit=specs[-1].to_dict(),
+                         entry=_entry_out(entries[-1]) if entries else None, job=_job_out(job) if job is not None else None,
+                         count=len(specs), entries=[_entry_out(e) for e in entries])
 
     @app.get("/api/export", response_class=Response, responses={200: {"content": {"application/octet-stream": {}}}})
     def export() -> Response:

@@ -6,7 +6,15 @@ from ..errors import RewriteError
 
 
 class SessionBusy(RewriteError):
-    """The model is busy with a running edit or another request (HTTP 409)."""
+    """The model is busy with a running edit or another request (HTTP 409, code "busy")."""
+
+    code = "busy"
+
+
+class DuplicateEdit(RewriteError):
+    """The edit is applied already; applying it again would count it twice (HTTP 409, code "duplicate")."""
+
+    code = "duplicate"
 
 
 class NotFound(RewriteError):

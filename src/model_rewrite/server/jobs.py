@@ -131,12 +131,12 @@ class ModelLock:
 def busy_message(job: Job) -> str:
     """What the page says while `job` holds the model."""
     where = f"step {job.step} of {job.steps}" if job.phase == "solving" else job.phase
-    return (f"busy: the edit {job.name!r} is being executed ({where}); wait for it to finish "
-            "or cancel it (POST /api/job/cancel)")
+    doing = {"suggest": "tried at every layer", "load": "solved and applied"}.get(job.kind, "executed")
+    return f"busy: the edit {job.name!r} is being {doing} ({where}); wait for it to finish or cancel it"
 
 
-def solve_and_push(rw: Rewriter, spec: EditSpec, report_seeds: Sequence[int], job: Job) -> None:
-    """A job's work: statistics, solve and push `spec`, then measure the edit on `report_seeds`.
+def solve_and_push(rw: Rewriter, spec: EditSpec, report_seeds: Sequence[int], job: Job, measure: bool = True) -> None:
+    """A job's work: statistics, solve and push `spec`, then (with `measure`) measure the edit on `report_seeds`.
 
     Runs with the model lock held; raises JobCancelled when the job is cancelled before the push.
     """
@@ -161,12 +161,40 @@ def solve_and_push(rw: Rewriter, spec: EditSpec, report_seeds: Sequence[int], jo
     job.phase = "applying"
     job.losses = list(result.losses) or [result.goal_loss]  # the full curve (same prefix)
     job.entry_id = rw.stack.push(result.delta, spec.name, spec).id
+    if not measure:
+        return
     job.phase = "measuring"
     try:
         job.report = measured(rw, job.entry_id, report_seeds)
     except RewriteError as exc:  # the edit is applied either way: say so rather than fail the job
         log.warning("measuring edit %d failed: %s", job.entry_id, exc)
         job.error = f"the edit is applied, but measuring it on held-out images failed: {exc}"
+
+
+def push_all(rw: Rewriter, edits: Sequence[tuple[EditSpec, Any]], report_seeds: Sequence[int], job: Job) -> None:
+    """A job's work: push a stack's edits in order, solving those without factors (each against the model with
+    the edits before it applied, as it was solved), then measure the last one. All or nothing: when cancelled
+    or failing part way, the edits pushed so far are removed again."""
+    pushed: list[int] = []
+    try:
+        for i, (spec, delta) in enumerate(edits):
+            if delta is None:
+                solve_and_push(rw, spec, (), job, measure=False)
+                pushed.append(job.entry_id)  # type: ignore[arg-type]
+            else:
+                job.phase = f"applying {i + 1} of {len(edits)}"
+                pushed.append(rw.apply(spec, delta).id)
+            if job.cancel.is_set():
+                raise JobCancelled
+    except BaseException:
+        for entry_id in reversed(pushed):
+            rw.stack.remove(entry_id)
+        raise
+    job.entry_id, job.phase = pushed[-1], "measuring"
+    try:
+        job.report = measured(rw, pushed[-1], report_seeds)
+    except RewriteError as exc:
+        job.error = f"the edits are applied, but measuring the last one on held-out images failed: {exc}"
 
 
 def suggest_layers(rw: Rewriter, spec: EditSpec, seeds: Sequence[int], job: Job) -> None:

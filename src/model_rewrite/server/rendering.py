@@ -12,13 +12,14 @@ import numpy as np
 import torch
 
 from ..masks import bounding_box, copy_placement, paste_patch
-from ..render import data_url, overlay, png_bytes, to_uint8
-from ..report import fire_regions
+from ..masks import png_bytes_from_mask
+from ..render import data_url, overlay, png_bytes, to_uint8, upsample_map
 from ..rewrite import Rewriter
 from .errors import NotFound
 from .jobs import ModelLock
 
 RENDER_CACHE_SIZE = 4096  # images (about 12 kB each at 64 px, plus their PNGs)
+MATCH_COLOR = (255, 176, 0)  # amber: the page's colour for "where the context fires" (red is Copy)
 ImageKey = tuple[str, int]  # (weights state, seed)
 
 
@@ -126,7 +127,12 @@ class Renderer:
         return png
 
     def prerender(self, seeds: Sequence[int], which: str) -> str:
-        """Render (batched) what a gallery page shows: "edited", "original" or "both"; returns the current state."""
+        """Render (batched) what a gallery page shows: "edited", "original" or "both"; returns the current state.
+        A page whose images are all cached is answered at once, even while a job holds the model."""
+        state = self.state()
+        wanted = [state] * (which in ("edited", "both")) + [self.base_state] * (which in ("original", "both"))
+        if all(self.cache.image((st, s)) is not None for st in wanted for s in seeds) and state == self.state():
+            return state
         with self.lock.held():
             state = self.state()
             if which in ("edited", "both"):
@@ -157,9 +163,10 @@ def copy_preview(copy_image: np.ndarray, copy_mask: torch.Tensor, paste_image: n
     return out
 
 
-def match_overlays(images: np.ndarray, heats: torch.Tensor, quantile: float) -> tuple[float, list[tuple[bytes, float]]]:
-    """Where a context fires on images (N, H, W, 3) uint8 given its heat (N, Hk, Wk): the locations above the
-    `quantile` of all the heat, as (threshold, [(overlay PNG, fraction of locations firing)])."""
-    regions, threshold = fire_regions(heats, images.shape[1], quantile)  # (N, H, W)
-    tinted = overlay(images, regions)
-    return threshold, [(png_bytes(t), float((h > threshold).float().mean())) for t, h in zip(tinted, heats)]
+def match_overlays(images: np.ndarray, heats: torch.Tensor, threshold: float) -> list[tuple[bytes, bytes, float]]:
+    """Where a context fires on images (N, H, W, 3) uint8 given its heat (N, Hk, Wk): the locations above
+    `threshold`, as [(overlay PNG outlined in MATCH_COLOR, firing-region mask PNG, fraction of locations firing)]."""
+    regions = upsample_map(heats, images.shape[1]) > threshold  # (N, H, W)
+    tinted = overlay(images, regions, MATCH_COLOR)
+    return [(png_bytes(t), png_bytes_from_mask(r.float()), float((h > threshold).float().mean()))
+            for t, r, h in zip(tinted, regions, heats)]

@@ -11,10 +11,12 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from ..config import KeyConfig, StatsConfig, UpdateConfig, field_choices, field_range
 from ..latents import MAX_SEED
 
+
 MAX_MASK_CHARS = 1_000_000  # a PNG data URL of one mask; a 64x64 mask is a few kB
 MAX_CONTEXT = 64  # context selections in one request
 MAX_PAGE = 64  # images in one gallery page or overlay request
 MAX_SEARCH = 2000  # candidate images of one context search
+MAX_GALLERY = 4096  # images one gallery seed specification may name (256 pages of 16)
 
 
 class _Strict(BaseModel):
@@ -77,12 +79,20 @@ class ContextIn(_Strict):
 class SearchIn(ContextIn):
     seeds: str = Field(default="0-199", max_length=2000)  # candidates, e.g. "0-499" or "3,7,12"
     top_k: int = Field(default=12, ge=1, le=MAX_PAGE)
+    quantile: float = Field(default=0.98, gt=0.0, lt=1.0)  # of the reference heat: where a match fires
 
 
 class MatchesIn(ContextIn):
     seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] = Field(min_length=1, max_length=MAX_PAGE)
     quantile: float = Field(default=0.98, gt=0.0, lt=1.0)
     which: Literal["edited", "original"] = "edited"
+
+
+class LiveIn(_Strict):
+    """A draft edit and the images to show it on: solved in closed form and applied only while they render."""
+
+    edit: EditIn
+    seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] = Field(min_length=1, max_length=MAX_PAGE)
 
 
 class PreviewIn(_Strict):
@@ -92,10 +102,12 @@ class PreviewIn(_Strict):
 
 
 class SaveIn(_Strict):
-    """Save an applied edit (`entry_id`, default the last one) or a draft (`edit`) under `name`."""
+    """Save the whole active stack (`stack`), an applied edit (`entry_id`, default the last one) or a draft
+    (`edit`) under `name`."""
 
     name: str = Field(max_length=200)
     overwrite: bool = False
+    stack: bool = False
     entry_id: int | None = None
     edit: EditIn | None = None
 
@@ -110,6 +122,7 @@ class ImportIn(_Strict):
 
 class LoadIn(_Strict):
     apply: bool = True  # push the edit (solving it if the file has no factors)
+    again: bool = False  # push it even if the same edit is applied already (it would count twice)
 
 
 # --- responses ------------------------------------------------------------------------------
@@ -136,6 +149,14 @@ class InfoOut(BaseModel):
     stats: dict[str, Any]  # StatsConfig defaults
     fire_quantile: float
     max_page: int
+    # the bounds of the page's inputs: {"keys"|"update"|"stats": {field: {"ge"|"gt"|"le": value}}} from the config
+    # dataclasses (`config.bounded`), and the seed limits of the gallery and search
+    bounds: dict[str, Any]
+    max_gallery: int
+    max_search: int
+    max_seed: int
+    name_pattern: str  # what a saved edit's name may be (a JavaScript-compatible regular expression)
+    match_reference: list[int]  # the fixed images whose heat sets the match threshold
     edits_dir: str
     session: str
 
@@ -197,7 +218,9 @@ class HistoryOut(BaseModel):
 
 class SavedEditOut(BaseModel):
     name: str
-    layer: str
+    kind: Literal["edit", "stack"] = "edit"  # one edit, or a whole stack (format "model-rewrite-edit-stack")
+    count: int = 1  # edits in the file
+    layer: str  # the layer (a stack: its layers, comma-separated)
     model: str
     has_factors: bool
     readable: bool = True  # False: the file could not be read as an edit (`error` says why)
@@ -214,14 +237,18 @@ class SavedEditsOut(BaseModel):
 class SavedEditDetail(BaseModel):
     name: str
     has_factors: bool
-    edit: dict[str, Any]
+    edit: dict[str, Any]  # of a stack: the last edit
+    count: int = 1
+    edits: list[dict[str, Any]] = Field(default_factory=list)  # every edit, in order
 
 
 class LoadOut(BaseModel):
     name: str
-    edit: dict[str, Any]
-    entry: EntryOut | None  # pushed at once (the file had factors)
-    job: JobOut | None  # started (the edit is being solved)
+    edit: dict[str, Any]  # the edit (of a stack: the last one), for the page to show its regions
+    entry: EntryOut | None  # pushed at once (the file had factors; of a stack: the last one)
+    job: JobOut | None  # started (the edit is being solved; a stack's edits in order)
+    count: int = 1  # edits in the file
+    entries: list[EntryOut] = Field(default_factory=list)  # every edit pushed at once
 
 
 class PreviewOut(BaseModel):
@@ -236,22 +263,47 @@ class PreviewOut(BaseModel):
 
 class Match(BaseModel):
     seed: int
-    score: float
+    score: float  # the image's highest heat along the direction
     url: str
+    overlay: str  # PNG data URL: where it fires (above the fixed threshold), outlined
+    mask: str  # PNG data URL of the firing region at image resolution (to add it to the context)
+    fraction: float  # share of the image's locations that fire
 
 
 class SearchOut(BaseModel):
     matches: list[Match]
     searched: int
+    threshold: float  # heat above which a location fires: `quantile` of the heat on the fixed reference images
+    quantile: float
 
 
 class Overlay(BaseModel):
     seed: int
-    image: str  # PNG data URL: the image dimmed outside the firing region, outlined in red
+    image: str  # PNG data URL: the image dimmed outside the firing region, outlined in the match colour (amber)
     fraction: float  # share of the image's locations that fire
 
 
 class MatchesOut(BaseModel):
-    threshold: float
+    threshold: float  # the `quantile` of the heat on the fixed reference images (InfoOut.match_reference)
     quantile: float
     overlays: list[Overlay]
+
+
+class SpectrumOut(BaseModel):
+    """How many directions a context spans: the singular values of its whitened keys, largest first."""
+
+    values: list[float]  # the first 16, relative to the largest (the first is 1)
+    keys: int  # key locations under the context masks
+    rank: int  # the rank asked for
+    directions: int  # how many of all the values are at least SPAN_CUTOFF (0.1)
+
+
+class LiveImage(BaseModel):
+    seed: int
+    image: str  # PNG data URL
+
+
+class LiveOut(BaseModel):
+    images: list[LiveImage]
+    seconds: float  # closed-form solve and rendering, on the server
+    layer: str

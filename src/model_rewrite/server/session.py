@@ -3,10 +3,13 @@ the image cache and previews (rendering.py), context search (context.py) and sav
 
 from __future__ import annotations
 
+import re
 import secrets
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -14,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..config import KeyConfig, StatsConfig
+from ..edit_stack import is_edit_stack, stack_from_dict
 from ..edits import EditSpec, Selection
 from ..errors import InvalidEdit
 from ..masks import check_mask
@@ -22,13 +26,31 @@ from ..rewrite import LayerInfo, Rewriter
 from ..stack import StackEntry
 from ..update import LowRankDelta
 from .context import ContextFinder
-from .errors import NotFound
-from .jobs import Job, ModelLock, solve_and_push, suggest_layers
+from .errors import DuplicateEdit, NotFound
+from .jobs import Job, ModelLock, push_all, solve_and_push, suggest_layers
 from .rendering import Renderer, copy_preview
 from .storage import EditFolder
 
 # The held-out images an executed edit is measured on: those of `model-rewrite apply` (--seed 1000 --samples 16).
 REPORT_SEEDS = tuple(range(1000, 1016))
+SPECTRUM_SHOWN = 16  # singular values of a context reported to the page
+LIVE_WAIT_S = 60.0  # a live preview waits this long for other requests (the first collects statistics; never for a job: 409 at once)
+
+
+def unique_name(name: str, taken: Sequence[str]) -> str:
+    """`name`, or `base (2)`, `base (3)`, ... (base: the name without such a number): the first not in `taken`."""
+    if name not in taken:
+        return name
+    base, n = re.sub(r" \(\d+\)$", "", name), 2
+    while f"{base} ({n})" in taken:
+        n += 1
+    return f"{base} ({n})"
+
+
+def same_edit(a: EditSpec, b: EditSpec) -> bool:
+    """Whether two edits would make the same change (everything but name and note agrees)."""
+    strip = lambda s: {k: v for k, v in s.to_dict().items() if k not in ("name", "note")}  # noqa: E731
+    return strip(a) == strip(b)
 
 
 def default_layer(layers: Sequence[LayerInfo], resolution: int) -> str:
@@ -47,6 +69,7 @@ class EditSession:
     def __init__(self, rewriter: Rewriter, *, layer: str | None = None, edits_dir: str | Path = "edits",
                  report_seeds: Sequence[int] = REPORT_SEEDS) -> None:
         self.rw = rewriter
+        rewriter.keep_observations = True  # live previews re-solve on the same few images
         self.layers: list[LayerInfo] = rewriter.layers()
         self.layer_names = [l.name for l in self.layers]
         # LayerNotFound names the choices; an alias (the authors' layer name) becomes ours
@@ -122,10 +145,32 @@ class EditSession:
         return out
 
     def search(self, layer: str, context: Sequence[Selection], keys: KeyConfig, stats: StatsConfig, seeds: Sequence[int],
-               top_k: int) -> tuple[str, list[tuple[int, float]]]:
-        """The `top_k` of `seeds` whose max heat along the first context direction is highest."""
+               top_k: int, quantile: float = 0.98) -> tuple[str, float, list[tuple[int, float, bytes, bytes, float]]]:
+        """The `top_k` of `seeds` whose max heat along the first context direction is highest, with where each
+        fires (above the `quantile` of the heat on the fixed reference images)."""
         context = [self.check_selection(s, f"context[{i}]") for i, s in enumerate(context)]
-        return self.context.search(layer, context, keys, stats, seeds, top_k)
+        return self.context.search(layer, context, keys, stats, seeds, top_k, quantile)
+
+    def spectrum(self, layer: str, context: Sequence[Selection], keys: KeyConfig, stats: StatsConfig,
+                 cutoff: float) -> tuple[list[float], int, int]:
+        """The first SPECTRUM_SHOWN singular values (relative to the largest) of the context's whitened keys, how
+        many keys, and how many of all the values are at least `cutoff`."""
+        context = [self.check_selection(s, f"context[{i}]") for i, s in enumerate(context)]
+        with self.lock.held():
+            values, count = self.rw.context_spectrum(layer, context, keys, stats)
+        return [float(v) for v in values[:SPECTRUM_SHOWN]], count, int((values >= cutoff).sum())
+
+    def live_preview(self, spec: EditSpec, seeds: Sequence[int]) -> tuple[list[np.ndarray], float]:
+        """Images `seeds` (H, W, 3) uint8 with `spec` solved in closed form (no optimisation) and applied only
+        while they render: the stack, its redo list and the weights are left exactly as they were."""
+        t0 = time.perf_counter()
+        closed = replace(spec, update=replace(spec.update, method="closed_form"))
+        with self.lock.held(timeout_s=LIVE_WAIT_S):
+            delta = self.rw.solve(closed).delta
+            with self.rw.stack.trial():
+                self.rw.stack.push(delta, "preview")
+                images = to_uint8(self.rw.sample(list(seeds)))
+        return list(images), time.perf_counter() - t0
 
     def matches(self, layer: str, context: Sequence[Selection], keys: KeyConfig, stats: StatsConfig, seeds: Sequence[int],
                 quantile: float, which: str = "edited") -> tuple[float, list[tuple[int, bytes, float]]]:
@@ -137,9 +182,28 @@ class EditSession:
     def running_job(self) -> Job | None:
         return self.lock.running_job()
 
-    def start_job(self, spec: EditSpec, kind: str = "execute") -> Job:
-        """Solve `spec` in a background thread, push it and measure it; SessionBusy if a job runs already."""
+    def start_job(self, spec: EditSpec, kind: str = "execute", again: bool = False) -> Job:
+        """Solve `spec` in a background thread, push it and measure it; SessionBusy if a job runs already,
+        DuplicateEdit if the same edit is applied already (unless `again`). Its name is made unique in the
+        history ("name (2)")."""
+        spec = self._fresh([spec], again)[0]
         return self.lock.start(kind, spec.name or "edit", partial(solve_and_push, self.rw, spec, self.report_seeds))
+
+    def _fresh(self, specs: Sequence[EditSpec], again: bool) -> list[EditSpec]:
+        """`specs` with names unique in the history; DuplicateEdit if one is applied already (unless `again`)."""
+        entries = list(self.rw.stack.entries)
+        if not again:
+            for spec in specs:
+                for e in entries:
+                    if e.spec is not None and same_edit(spec, e.spec):
+                        raise DuplicateEdit(f"this edit is applied already (as {e.name!r}); applying it again would "
+                                            "count it twice. Undo or remove it first, or apply it again on purpose")
+        taken, out = [e.name for e in entries], []
+        for spec in specs:
+            spec = replace(spec, name=unique_name(spec.name or "edit", taken))
+            taken.append(spec.name)
+            out.append(spec)
+        return out
 
     def start_suggest(self, spec: EditSpec) -> Job:
         """Try `spec` at every layer and ranks 1, 2, 4 in a background job (see `Rewriter.suggest`)."""
@@ -186,9 +250,18 @@ class EditSession:
     def edit_path(self, name: str) -> Path:
         return self.folder.file(name)
 
-    def save(self, name: str, *, overwrite: bool = False, entry_id: int | None = None, spec: EditSpec | None = None) -> Path:
-        """Write an applied edit (spec + factors; the last one unless `entry_id`) or a draft (spec only)."""
+    def save(self, name: str, *, overwrite: bool = False, entry_id: int | None = None, spec: EditSpec | None = None,
+             stack: bool = False) -> Path:
+        """Write the whole active stack (`stack`: an edit-stack file with every edit's factors), an applied edit
+        (spec + factors; the last one unless `entry_id`) or a draft (spec only)."""
         self.folder.file(name)  # an unsafe name is refused before anything else
+        if stack:
+            entries = list(self.rw.stack.entries)
+            if not entries:
+                raise NotFound("nothing to save: no edit is applied")
+            if any(e.spec is None for e in entries):
+                raise InvalidEdit("an applied edit has no spec to save")
+            return self.folder.write_stack(name, [(e.spec, e.delta) for e in entries], overwrite=overwrite)  # type: ignore[misc]
         if spec is None:
             spec, delta = self._applied(entry_id)
         else:
@@ -208,7 +281,11 @@ class EditSession:
         return found[0].spec, found[0].delta
 
     def import_edit(self, name: str, data: dict[str, Any], *, overwrite: bool = False) -> Path:
-        """Validate an edit file's JSON and store it (without factors) under `name`."""
+        """Validate an edit file's (or edit-stack file's) JSON and store it (without factors) under `name`."""
+        if is_edit_stack(data):
+            specs = [self.check_edit(spec) for spec in stack_from_dict(data, max_side=self.resolution)]
+            self.folder.file(name)
+            return self.folder.write_stack(name, [(spec, None) for spec in specs], overwrite=overwrite)
         spec = self.rw.check_edit(EditSpec.from_dict(data, max_side=self.resolution))
         return self.save(name, overwrite=overwrite, spec=spec)
 
@@ -216,18 +293,34 @@ class EditSession:
         """The edit files in the edits folder, newest first, each with whether it fits this model."""
         return self.folder.listing()
 
-    def read_edit(self, name: str) -> tuple[EditSpec, LowRankDelta | None]:
+    def read_edit(self, name: str) -> list[tuple[EditSpec, LowRankDelta | None]]:
+        """The edits of saved file `name` (one, or a stack's in order) with their factors (or None)."""
         return self.folder.read(name)
 
-    def load(self, name: str, apply: bool = True) -> tuple[EditSpec, StackEntry | None, Job | None]:
-        """Read a saved edit; with `apply`, push it (its factors) or start solving it (no factors)."""
-        spec, delta = self.read_edit(name)
-        self.check_edit(spec)
+    def load(self, name: str, apply: bool = True, again: bool = False) -> tuple[list[EditSpec], list[StackEntry], Job | None]:
+        """Read a saved edit or stack; with `apply`, push its edits in order at once (all have factors) or start a
+        job solving those without. DuplicateEdit if one is applied already (unless `again`); names are made
+        unique in the history. Returns (specs, entries pushed at once, job)."""
+        edits = self.read_edit(name)
+        specs = [self.check_edit(spec) for spec, _ in edits]
         if not apply:
-            return spec, None, None
-        if delta is not None:
-            return spec, self.apply_loaded(spec, delta), None
-        return spec, None, self.start_job(spec, kind="load")
+            return specs, [], None
+        specs = self._fresh(specs, again)
+        edits = [(spec, delta) for spec, (_, delta) in zip(specs, edits)]
+        if len(edits) == 1 and edits[0][1] is None:
+            return specs, [], self.lock.start("load", specs[0].name, partial(solve_and_push, self.rw, specs[0], self.report_seeds))
+        if any(delta is None for _, delta in edits):
+            return specs, [], self.lock.start("load", name, partial(push_all, self.rw, edits, self.report_seeds))
+        with self.model_access():
+            pushed: list[StackEntry] = []
+            try:
+                for spec, delta in edits:
+                    pushed.append(self.rw.apply(spec, delta))
+            except BaseException:
+                for entry in reversed(pushed):
+                    self.rw.stack.remove(entry.id)
+                raise
+        return specs, pushed, None
 
     # --- export ---------------------------------------------------------------------------
     def export_bytes(self) -> bytes:

@@ -8,7 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..edits import EditSpec, factors_path, load_edit, save_edit
+from ..edit_stack import is_edit_stack, read_edits, save_edit_stack
+from ..edits import EditSpec, factors_path, read_edit_json, save_edit
 from ..errors import InvalidEdit, RewriteError
 from ..update import LowRankDelta
 from .errors import NameTaken, NotFound, StorageError
@@ -58,6 +59,14 @@ class EditFolder:
                                    "the saved edit of that name is unchanged: check the folder's permissions and "
                                    "free space") from None
 
+    def write_stack(self, name: str, edits: list[tuple[EditSpec, LowRankDelta | None]], *, overwrite: bool = False) -> Path:
+        """Save a stack of edits (an edit-stack file with their factors) under `name`; NameTaken unless `overwrite`."""
+        path = self.file(name)
+        with self._lock:
+            if (path.exists() or factors_path(path).exists()) and not overwrite:
+                raise NameTaken(f"an edit named {path.stem!r} exists already; choose another name or save with overwrite")
+            return save_edit_stack(path, edits, name=path.stem)
+
     def listing(self) -> list[dict[str, Any]]:
         """The edit files, newest first, each with whether it fits this model; an entry that cannot be read is
         listed as unreadable, with the reason, and never hides the others."""
@@ -69,15 +78,19 @@ class EditFolder:
 
     def _describe(self, path: Path) -> dict[str, Any]:
         item: dict[str, Any] = {"name": path.stem, "layer": "", "model": "", "has_factors": False, "readable": False,
-                                "compatible": False, "error": "", "modified": 0.0}
+                                "compatible": False, "error": "", "modified": 0.0, "kind": "edit", "count": 1}
         try:
             item.update(modified=path.stat().st_mtime, has_factors=factors_path(path).is_file())
             if not path.is_file():
                 raise InvalidEdit(f"{path.name} is not a file")
             check_save_name(path.stem)
-            spec, _ = load_edit(path, max_side=self.max_side)
-            item.update(layer=spec.layer, model=spec.model, readable=True)
-            self.check(spec)
+            edits = read_edits(path, max_side=self.max_side)
+            specs = [spec for spec, _ in edits]
+            item.update(layer=", ".join(dict.fromkeys(s.layer for s in specs)), model=specs[0].model, count=len(specs),
+                        kind="stack" if is_edit_stack(read_edit_json(path)) else "edit",
+                        has_factors=all(delta is not None for _, delta in edits), readable=True)
+            for spec in specs:
+                self.check(spec)
             item["compatible"] = True
         except RewriteError as exc:
             item["error"] = str(exc)
@@ -85,11 +98,12 @@ class EditFolder:
             item["error"] = f"cannot read {path.name}: {exc.strerror or exc}"
         return item
 
-    def read(self, name: str) -> tuple[EditSpec, LowRankDelta | None]:
-        """The spec and (if saved) factors of edit `name`; NotFound if there is none."""
+    def read(self, name: str) -> list[tuple[EditSpec, LowRankDelta | None]]:
+        """The edits of file `name` (one, or a stack's in order), each with its saved factors or None; NotFound
+        if there is none."""
         path = self.file(name)
         if not path.exists():
             raise NotFound(f"no saved edit named {path.stem!r} in {self.path}")
         if not path.is_file():
             raise InvalidEdit(f"{path} is not an edit file (it is a folder or a device)")
-        return load_edit(path, max_side=self.max_side)
+        return read_edits(path, max_side=self.max_side)

@@ -1,0 +1,194 @@
+// Part 6: the history (undo, redo, remove, revert, show), saving (the whole stack, one edit or the draft),
+// loading, importing and exporting.
+"use strict";
+
+async function refreshHistory() {
+  const h = await guarded(() => api("GET", "/api/history"));
+  if (!h) return;
+  app.history = h;
+  const root = $("#history");
+  root.textContent = "";
+  for (const e of h.entries) {
+    const li = document.createElement("li");
+    li.dataset.id = e.id;
+    const name = document.createElement("span");
+    name.className = "name";
+    name.textContent = e.name;
+    name.title = `${e.layer}, rank ${e.rank}`;
+    const show = document.createElement("button");
+    show.className = "show";
+    show.textContent = "show";
+    show.title = "put this edit's regions and settings back in the page (as a new draft)";
+    show.setAttribute("aria-label", `show the regions of ${e.name}`);
+    show.addEventListener("click", () => e.edit && showEdit(e.edit, { asDraft: true }));
+    const rm = document.createElement("button");
+    rm.className = "remove";
+    rm.textContent = "remove";
+    rm.setAttribute("aria-label", `remove ${e.name} from the model`);
+    rm.addEventListener("click", () => historyAction("DELETE", `/api/history/${e.id}`));
+    li.append(name, show, rm);
+    root.appendChild(li);
+  }
+  for (const e of h.undone) {
+    const li = document.createElement("li");
+    li.className = "undone";
+    li.textContent = `${e.name} (undone)`;
+    root.appendChild(li);
+  }
+  syncControls();
+}
+
+async function historyAction(method, url) {
+  const h = await whenFree("history", "The history will change", () => api(method, url), () => historyAction(method, url));
+  if (!h) return;
+  showReport(null); // it described the model as the last job left it
+  await refreshHistory();
+  await loadGallery();
+}
+
+// What Save can save now, said plainly: the whole stack, one edit or the unsolved draft.
+function syncSaveChoices() {
+  const sel = $("#save-what");
+  const n = app.history.entries.length;
+  const want = [];
+  if (n > 1) want.push(["stack", `the whole stack (${n} edits, in order)`]);
+  if (n === 1) want.push(["last", "the applied edit (with its solved factors)"]);
+  if (n > 1) want.push(["last", `only the last edit (${app.history.entries[n - 1].name})`]);
+  want.push(["draft", "the draft (unsolved: solved when loaded)"]);
+  const key = JSON.stringify(want);
+  if (sel.dataset.key === key) return;
+  const keep = sel.dataset.chosen; // what the user chose, if it is still a choice; else the first
+  sel.textContent = "";
+  for (const [value, text] of want) {
+    const o = document.createElement("option");
+    o.value = value;
+    o.textContent = text;
+    sel.appendChild(o);
+  }
+  sel.value = want.some(([v]) => v === keep) ? keep : want[0][0];
+  sel.dataset.key = key;
+}
+
+async function refreshSaved() {
+  const out = await guarded(() => api("GET", "/api/edits"));
+  if (!out) return;
+  app.saved = out.edits;
+  const root = $("#saved-list");
+  root.textContent = "";
+  for (const e of out.edits) {
+    const li = document.createElement("li");
+    li.dataset.name = e.name;
+    if (!e.compatible) {
+      li.className = e.readable ? "incompatible" : "incompatible unreadable";
+      li.title = e.error;
+    }
+    const name = document.createElement("span");
+    name.className = "name";
+    name.textContent = e.readable ? e.name : `${e.name} (unreadable)`;
+    name.title = e.compatible ? `${e.layer}${e.has_factors ? ", solved" : ", solved when loaded"}` : e.error;
+    const kind = document.createElement("span");
+    kind.className = "kind";
+    kind.textContent = !e.readable ? "unreadable" : e.kind === "stack" ? `stack of ${e.count}` : e.has_factors ? "edit" : "draft";
+    const load = document.createElement("button");
+    load.className = "load";
+    load.dataset.name = e.name;
+    load.dataset.compatible = e.compatible ? "1" : "";
+    load.textContent = "load";
+    load.setAttribute("aria-label", `load ${e.name}`);
+    load.addEventListener("click", () => loadEdit(e.name));
+    const dl = document.createElement("a");
+    dl.href = `/api/edits/${encodeURIComponent(e.name)}/file`;
+    dl.textContent = "json";
+    dl.setAttribute("aria-label", `download ${e.name}.json (model-rewrite apply reads it)`);
+    dl.setAttribute("download", `${e.name}.json`);
+    li.append(name, kind, load, dl);
+    root.appendChild(li);
+  }
+  syncControls();
+}
+
+async function save() {
+  const name = $("#save-name").value.trim();
+  if (!name) return say("give a name to save under", "error");
+  if (!validate("save-name")) return say($("#save-name-error").textContent, "error");
+  const what = $("#save-what").value;
+  const body = { name, overwrite: $("#overwrite").checked };
+  if (what === "stack") body.stack = true;
+  if (what === "draft") {
+    try { body.edit = draftJson(); } catch (err) { return say(`the draft is incomplete: ${err.message}`, "error"); }
+  }
+  const out = await whenFree("save", "Saving will happen", () => api("POST", "/api/edits", body), save);
+  if (!out) return;
+  const said = out.kind === "stack" ? `the whole stack (${out.count} edits, with their solved factors)`
+    : out.has_factors ? "the edit with its solved factors" : "the draft (solved when loaded)";
+  say(`saved ${said} as ${out.name}.json`);
+  await refreshSaved();
+}
+
+// Put an edit's regions and settings in the page. From the history (`asDraft`), its name is cleared so the next
+// Execute gets a new one; executing it unchanged would apply it twice, which the server asks about first.
+async function showEdit(edit, { asDraft = false } = {}) {
+  const d = app.draft;
+  const mask = (s) => maskFromDataUrl(s.mask).then((m) => ({ seed: s.seed, mask: m }));
+  const [paste, copy, ...context] = await Promise.all([edit.paste ? mask(edit.paste) : null, edit.copy ? mask(edit.copy) : null,
+    ...edit.context.map(mask)]);
+  d.paste = paste;
+  d.copy = copy;
+  d.context = new Map(context.map((s) => [s.seed, s.mask]));
+  if (app.info.layers.some((l) => l.name === edit.layer)) $("#layer").value = edit.layer;
+  describeLayer();
+  const u = edit.update || {};
+  const k = edit.keys || {};
+  app.loadedUpdate = { ...u };
+  app.loadedKeys = { ...k };
+  app.loadedStats = edit.stats ? { ...edit.stats } : null;
+  if (k.rank !== undefined) $("#rank").value = k.rank;
+  if (u.steps !== undefined) $("#steps").value = u.steps;
+  if (u.lr !== undefined) $("#lr").value = u.lr;
+  ["rank", "steps", "lr"].forEach(validate);
+  $("#erase").checked = !!u.erase;
+  $("#edit-name").value = asDraft ? "" : edit.name || "";
+  const seeds = [...new Set([...(paste ? [paste.seed] : []), ...(copy ? [copy.seed] : []), ...context.map((s) => s.seed)])];
+  $("#seeds").value = seeds.join(",");
+  app.page = 0;
+  app.draftVersion += 1;
+  renderTray();
+  await loadGallery();
+  await updatePreview();
+  updateSpectrum();
+  syncControls();
+  if (asDraft) say(`the regions of ${edit.name} are the draft again; Execute would apply it a second time`);
+}
+
+async function loadEdit(name, again = false) {
+  let out;
+  try {
+    out = await api("POST", `/api/edits/${encodeURIComponent(name)}/load`, { apply: true, again });
+  } catch (err) {
+    if (err.status === 409 && err.code === "duplicate") return askAgain(err.message, () => loadEdit(name, true));
+    if (err.status === 409 && err.code === "busy") return say(`${name} can be loaded when ${jobWords(runningJob() || { kind: "", name: "the running job" })} finishes`, "busy");
+    return say(err.message, "error");
+  }
+  if (out.job) followJob(out.job); // the model is busy until it is solved: the page waits for it (flushPending)
+  await showEdit(out.edit);
+  app.appliedVersion = app.draftVersion; // the loaded edit is applied: no live preview of it on top
+  if (out.job) {
+    say(`solving ${name}${out.count > 1 ? ` (a stack of ${out.count} edits)` : ""}…`);
+  } else {
+    say(out.count > 1 ? `loaded the stack ${name}: ${out.count} edits applied in order; the page shows the last one's regions`
+      : `loaded ${name}`);
+    await refreshHistory();
+    await loadGallery();
+  }
+}
+
+async function importFile(file) {
+  let edit;
+  try { edit = JSON.parse(await file.text()); } catch (err) { return say(`${file.name} is not JSON: ${err.message}`, "error"); }
+  const name = file.name.replace(/\.json$/i, "").replace(/[^A-Za-z0-9_.-]/g, "_");
+  const out = await guarded(() => api("POST", "/api/edits/import", { name, edit, overwrite: $("#overwrite").checked }));
+  if (out) {
+    say(`imported ${out.name}${out.kind === "stack" ? ` (a stack of ${out.count} edits)` : ""}; load it to apply`);
+    await refreshSaved();
+  }
+}
