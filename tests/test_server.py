@@ -715,10 +715,10 @@ def test_suggest_runs_as_a_job_and_leaves_the_model_as_it_was(client, session):
     # every layer whose key grid is at least 4 cells on a side (b8, b16, b32 of the tiny model), ranks 1, 2, 4
     assert {(r["layer"], r["rank"]) for r in rows} == {(l, k) for l in ("b8", "b16", "b32") for k in (1, 2, 4)}
     scored = [r for r in rows if r["score"] is not None]
-    for r in scored:  # the documented score, and best first among the acceptable ones
-        assert r["score"] == pytest.approx(((r["transfer"] or 0.0) + r["paste_fidelity"]) / 2)
-    ok = [r["score"] for r in scored if r["collateral"] <= 0.05]
-    assert ok == sorted(ok, reverse=True) and rows[: len(ok)] == [r for r in scored if r["collateral"] <= 0.05]
+    for r in scored:  # the documented score (net change where the rule fires), best first
+        assert r["score"] == pytest.approx(r["inside_change"] - r["outside_change"] - r["collateral"])
+    assert [r["score"] for r in scored] == sorted((r["score"] for r in scored), reverse=True)
+    assert rows[: len(scored)] == scored
     history = client.get("/api/history").json()
     assert [e["id"] for e in history["entries"]] == [1] and history["undone"] == []
     after = gallery_pngs(client, "0-3")

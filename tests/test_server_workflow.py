@@ -27,18 +27,18 @@ from model_rewrite.server.context import REFERENCE_SEEDS
 
 def test_info_gives_the_bounds_of_the_page_inputs_from_the_configs(client):
     info = client.get("/api/info").json()
-    assert info["bounds"]["keys"]["rank"] == {"ge": 1, "le": 64}
-    assert info["bounds"]["update"]["steps"] == {"ge": 0, "le": 10_000}
+    assert info["bounds"]["keys"]["rank"] == {"ge": 1, "le": 256}
+    assert info["bounds"]["update"]["steps"] == {"ge": 0, "le": 20_000}
     assert info["bounds"]["update"]["lr"] == {"gt": 0.0, "le": 10.0}
     assert info["max_gallery"] == 4096 and info["max_search"] == 2000 and info["match_reference"] == list(REFERENCE_SEEDS)
     assert re.fullmatch(info["name_pattern"], "my-edit_1.v2") and not re.fullmatch(info["name_pattern"], "../x")
     # the same bounds are enforced by the API and by the configs
-    assert_error(client.post("/api/execute", json=edit_body(steps=10_001)), 400, "update.steps")
-    assert_error(client.post("/api/execute", json={**edit_body(), "keys": {"rank": 65}}), 400, "keys.rank")
+    assert_error(client.post("/api/execute", json=edit_body(steps=20_001)), 400, "update.steps")
+    assert_error(client.post("/api/execute", json={**edit_body(), "keys": {"rank": 257}}), 400, "keys.rank")
     with pytest.raises(Exception, match="steps"):
-        UpdateConfig(steps=10_001)
+        UpdateConfig(steps=20_001)
     with pytest.raises(Exception, match="rank"):
-        KeyConfig(rank=65)
+        KeyConfig(rank=257)
     # a gallery of more than max_gallery images is refused (it would make thousands of pages)
     assert_error(client.get("/api/gallery", params={"seeds": "0-99999"}), 400, "more than 4096")
     assert client.get("/api/gallery", params={"seeds": "0-4095"}).json()["pages"] == 256

@@ -1,9 +1,17 @@
 """Choosing a layer and a rank for an edit: solve it at every layer that can hold its masks and at a few
 ranks, score each with the quality report on held-out images, and rank the candidates.
 
-The ranking rule (documented, so a user can disagree with it): a candidate's score is the mean of its
-transfer and its paste fidelity (for erase edits, which have neither, its locality ratio); candidates whose
-collateral exceeds `MAX_COLLATERAL` come after all others. Ties keep the order layers and ranks were tried.
+The ranking rule (documented, so a user can disagree with it): a candidate's score is its **net change where
+the rule fires**: the mean pixel change inside the locations where the rule fires on held-out images, minus the
+change outside them on the same images, minus the collateral (the change on the images where it fires least);
+all three are mean absolute changes of the images in [-1, 1] (`quality.py`). An edit that changes nothing
+scores 0; one that changes everything alike scores below 0. Copy-paste and erase edits are scored alike. Ties
+keep the order layers and ranks were tried.
+
+Why this rule and not transfer or paste fidelity: on the procedural world's exact labels
+(`benchmarks/world/bench_suggest.py`, six rules), exact success rises with the change where the rule fires and
+collateral is what the user pays; paste fidelity rises with rank on the paste image while held-out success
+falls, transfer tracks success only weakly, and a hard collateral cut-off threw away the one layer that worked.
 """
 
 from __future__ import annotations
@@ -23,7 +31,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 DEFAULT_RANKS = (1, 2, 4)
 MIN_KEY_SIDE = 4  # a key grid smaller than this cannot tell a painted region from the rest of the image
-MAX_COLLATERAL = 0.05  # above this mean change on images without the context, a candidate ranks last
 Progress = Callable[[str, int, int], None]  # (what, done, total)
 
 
@@ -39,23 +46,19 @@ class Candidate:
 
     @property
     def score(self) -> float:
-        """Mean of transfer and paste fidelity (locality ratio for erase edits); -inf when unsolved."""
+        """Net change where the rule fires: inside change - outside change - collateral; -inf when unsolved."""
         q = self.quality
         if q is None:
             return float("-inf")
-        if q.paste_fidelity is None:
-            return q.change.ratio
-        return ((q.transfer if q.transfer is not None else 0.0) + q.paste_fidelity) / 2
-
-    @property
-    def acceptable(self) -> bool:
-        return self.quality is not None and self.quality.collateral <= MAX_COLLATERAL
+        return q.change.inside_change - q.change.outside_change - q.collateral
 
     def to_dict(self) -> dict[str, Any]:
         q = self.quality
         return {"layer": self.layer, "rank": self.rank, "score": None if q is None else self.score,
                 "transfer": None if q is None else q.transfer, "paste_fidelity": None if q is None else q.paste_fidelity,
                 "locality": None if q is None else q.change.ratio, "collateral": None if q is None else q.collateral,
+                "inside_change": None if q is None else q.change.inside_change,
+                "outside_change": None if q is None else q.change.outside_change,
                 "fires_on": None if q is None else q.fires_on, "seconds": round(self.seconds, 3), "error": self.error}
 
 
@@ -65,8 +68,8 @@ def candidate_layers(rw: "Rewriter") -> list[str]:
 
 
 def rank_candidates(candidates: Sequence[Candidate]) -> list[Candidate]:
-    """Best first: acceptable candidates by score, then the rest by score, then the unsolved."""
-    return sorted(candidates, key=lambda c: (not c.acceptable, c.quality is None, -c.score if c.quality else 0.0))
+    """Best first by score; the unsolved last (a stable sort: ties keep the order they were tried in)."""
+    return sorted(candidates, key=lambda c: (c.quality is None, -c.score if c.quality else 0.0))
 
 
 def rank_layers_by_goal(rw: "Rewriter", edit: EditSpec, layers: Sequence[str] | None = None) -> list[tuple[str, float]]:

@@ -155,7 +155,7 @@ class InfoOut(BaseModel):
     max_gallery: int
     max_search: int
     max_seed: int
-    name_pattern: str  # what a saved edit's name may be (a JavaScript-compatible regular expression)
+    name_pattern: str  # what a whole saved edit name must match (a JavaScript-compatible regular expression, unanchored)
     match_reference: list[int]  # the fixed images whose heat sets the match threshold
     edits_dir: str
     session: str

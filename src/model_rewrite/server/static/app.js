@@ -200,7 +200,7 @@ const CHECKS = {
   lr: (v) => checkNumber(v, app.info.bounds.update.lr, false),
   seeds: (v) => parseSeeds(v, app.info.max_gallery).error || "",
   "search-seeds": (v) => parseSeeds(v, app.info.max_search).error || "",
-  "save-name": (v) => (v.trim() === "" || new RegExp(app.info.name_pattern).test(v.trim().replace(/\.json$/, "")) ? "" :
+  "save-name": (v) => (v.trim() === "" || new RegExp(`^(?:${app.info.name_pattern})$`).test(v.trim().replace(/\.json$/, "")) ? "" :
     "1-80 letters, digits, _ - or ., starting with a letter or digit"),
 };
 
