@@ -57,6 +57,8 @@ def _start_server(cache_dir: str, edits_dir: str) -> tuple[subprocess.Popen, str
     return proc, url, time.perf_counter() - t0
 
 
+JSON_CHANGE = {"Content-Type": "application/json"}  # the server takes changes only as JSON (guards.py), bodies or not
+
 def _gallery(client: httpx.Client, pool: ThreadPoolExecutor, seeds: str, per_page: int) -> float:
     """Seconds for the gallery JSON plus all its PNGs (fetched 6 at a time, as a browser does)."""
     t0 = time.perf_counter()
@@ -122,7 +124,7 @@ def _browser_execute(url: str, repeats: int) -> list[float] | None:
         page.wait_for_selector("body[data-ready='1']")
         for i in range(repeats):
             times.append(page.evaluate(_BROWSER_EXECUTE, {**edit, "gallery": f"{400 + 16 * i}-{400 + 16 * i + 15}"}))
-            page.evaluate("() => fetch('/api/history/revert', {method: 'POST'})")
+            page.evaluate("() => fetch('/api/history/revert', {method: 'POST', headers: {'Content-Type': 'application/json'}})")
         browser.close()
     return times
 
@@ -211,11 +213,11 @@ def main() -> None:
                     cold32.append(_gallery(client, pool, seeds, 32))
                     warm32.append(_gallery(client, pool, seeds, 32))
                 first = _execute(client, pool, "100-115")  # includes the key statistics of b32 (1000 samples)
-                client.post("/api/history/revert").raise_for_status()
+                client.post("/api/history/revert", json=None, headers=JSON_CHANGE).raise_for_status()
                 runs = []
                 for i in range(args.repeats):
                     runs.append(_execute(client, pool, f"{200 + 16 * i}-{200 + 16 * i + 15}"))
-                    client.post("/api/history/revert").raise_for_status()
+                    client.post("/api/history/revert", json=None, headers=JSON_CHANGE).raise_for_status()
                 info = client.get("/api/info").json()
             browser_runs = _browser_execute(url, args.repeats)
             browser_live = _browser_live(url, args.repeats)
