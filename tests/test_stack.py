@@ -215,3 +215,28 @@ def test_entries_keep_their_spec_and_deltas_are_added_in_the_weights_dtype():
     factor = torch.full((2, 1), 2.0**-24 + 2.0**-50, dtype=torch.float64)
     stack.push(LowRankDelta("b.weight", 1, factor, dirs))
     assert model.b.weight.dtype == torch.float32 and bool((model.b.weight == 1.0).all())
+
+
+def test_a_trial_puts_back_entries_redo_list_ids_weights_and_the_weights_version():
+    model = TwoLayers()
+    stack = EditStack(model)
+    w0 = model.a.weight.detach().clone()
+    first = stack.push(_delta("a.weight", 1)[0], "first")
+    second = stack.push(_delta("a.weight", 2)[0], "second")
+    stack.undo()
+    w1, version = model.a.weight.detach().clone(), stack.version
+    seen = {version}
+    with stack.trial():
+        preview = stack.push(_delta("a.weight", 3)[0], "preview")
+        assert preview.id == 3 and stack.undone == []  # inside, a push is a push
+        assert stack.version not in seen  # the previewed weights get a name of their own
+        seen.add(stack.version)
+    assert [e.id for e in stack.entries] == [first.id] and [e.id for e in stack.undone] == [second.id]
+    assert torch.equal(model.a.weight, w1) and stack.version == version  # the same weights, the same name
+    with stack.trial():
+        stack.push(_delta("a.weight", 4)[0], "another preview")
+        assert stack.version not in seen  # never the name of the first preview's weights
+    assert stack.push(_delta("a.weight", 5)[0]).id == 3  # the ids the trials used are free again
+    assert stack.version not in seen
+    stack.revert_all()
+    assert torch.equal(model.a.weight, w0)

@@ -37,6 +37,21 @@ def test_wide_keys_use_the_block_product_and_still_equal_the_full_product(dtype)
     assert torch.equal(acc.moment(), acc.moment().T)
 
 
+@pytest.mark.parametrize("shape", [(6, 8, 4, 4), (6, 40, 3, 2), (5, 24, 7), (3, 300, 2, 2), (4, 9)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_key_maps_accumulate_to_the_sum_of_every_location_s_outer_product(shape, dtype):
+    # the batched path (a block at least as wide as tall), rows (a tall block, wide keys, a 1-D map, rows)
+    maps = torch.randn(*shape, generator=torch.Generator().manual_seed(7)) + 0.2
+    acc = SecondMoment(shape[1], product_dtype=dtype)
+    acc.add_map(maps[:2])
+    acc.add_map(maps[2:])
+    vecs = maps.double().movedim(1, -1).reshape(-1, shape[1])  # every location's key, as rows
+    exact = sum(torch.outer(v, v) for v in vecs)
+    tol = dict(rtol=1e-12, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(acc.sum, exact, **tol)
+    assert acc.count == vecs.shape[0]
+
+
 def test_float32_products_stay_close_to_float64():
     keys = torch.randn(5000, 16, generator=torch.Generator().manual_seed(2)).abs()
     a, b = SecondMoment(16, product_dtype=torch.float32), SecondMoment(16)
