@@ -54,7 +54,7 @@ def page(browser, server):
     pg.on("pageerror", lambda exc: errors.append(str(exc)))
     pg.goto(server[0])
     pg.wait_for_selector("body[data-ready='1']")
-    pg.evaluate("() => fetch('/api/history/revert', {method: 'POST'})")
+    pg.evaluate("() => fetch('/api/history/revert', {method: 'POST', headers: {'Content-Type': 'application/json'}}).then((r) => { if (!r.ok) throw new Error('revert: ' + r.status); })")
     pg.reload()
     pg.wait_for_selector("body[data-ready='1']")
     yield pg
