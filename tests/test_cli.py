@@ -298,7 +298,11 @@ def test_suggest_tries_layers_and_ranks_and_applies_the_best(tmp_path, edit_file
     assert report["edits"][0]["layer"] == best["layer"] and report["edits"][0]["quality"]["lines"]
     printed = capsys.readouterr().out
     assert printed.splitlines()[0].split() == ["layer", "rank", "score", "transfer", "fidelity", "locality",
-                                               "collateral", "seconds"]
+                                               "inside", "outside", "collateral", "seconds"]
+    first = printed.splitlines()[1].split()  # the best row shows the figures its score is made of
+    assert first[:2] == [best["layer"], str(best["rank"])]
+    assert [float(v) for v in first[6:9]] == pytest.approx(
+        [best["inside_change"], best["outside_change"], best["collateral"]], abs=6e-4)
 
 
 def test_suggest_leaves_the_model_and_its_redo_list_as_they_were(tmp_path):

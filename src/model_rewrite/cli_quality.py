@@ -60,13 +60,16 @@ def cmd_suggest(args: argparse.Namespace) -> int:
             bar.close()
     seconds = time.perf_counter() - t0
     fmt = lambda v, f=".2f": "-" if v is None else format(v, f)  # noqa: E731
-    print(f"{'layer':<10}{'rank':>5}{'score':>8}{'transfer':>10}{'fidelity':>10}{'locality':>10}{'collateral':>12}"
-          f"{'seconds':>9}")
+    print(f"{'layer':<10}{'rank':>5}{'score':>8}{'transfer':>10}{'fidelity':>10}{'locality':>10}{'inside':>8}{'outside':>9}"
+          f"{'collateral':>12}{'seconds':>9}")
     for c in cands:
         d = c.to_dict()
         print(f"{c.layer:<10}{c.rank:>5}{fmt(d['score']):>8}{fmt(d['transfer']):>10}{fmt(d['paste_fidelity']):>10}"
-              f"{fmt(d['locality'], '.1f'):>10}{fmt(d['collateral'], '.3f'):>12}{d['seconds']:>9.2f}"
+              f"{fmt(d['locality'], '.1f'):>10}{fmt(d['inside_change'], '.3f'):>8}{fmt(d['outside_change'], '.3f'):>9}"
+              f"{fmt(d['collateral'], '.3f'):>12}{d['seconds']:>9.2f}"
               + (f"  ({c.error})" if c.error else ""))
+    print("score: the change inside where the rule fires - outside it - collateral (mean |pixel change|; "
+          "model_rewrite.suggest)")
     best = cands[0]
     if args.apply_best and best.quality is None:
         raise RewriteError(f"no layer and rank could be solved for {args.edit}: {best.error}")

@@ -49,7 +49,7 @@ function showSuggestions(rows) {
     tr.dataset.layer = r.layer;
     tr.dataset.rank = r.rank;
     for (const v of [r.layer, r.rank, num(r.score), num(r.transfer), num(r.paste_fidelity), num(r.locality, 1),
-                     num(r.collateral, 3)]) {
+                     num(r.inside_change, 3), num(r.outside_change, 3), num(r.collateral, 3)]) {
       const td = document.createElement("td");
       td.textContent = v;
       tr.appendChild(td);
