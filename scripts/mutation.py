@@ -63,7 +63,24 @@ PROMOTES = "float32 values enter products with float64 tensors, which promote th
 SUM64 = "a float32 product added in place to the float64 sum is converted exactly, as .to(float64) does"
 F32 = "the means compared are float32 values, and no float32 value equals 1e-8: the two comparisons never differ"
 PROBE = "the probe is any seeded random factor of about the weight's scale: the identity it checks holds for all"
+PATH = ("which of add_map's two paths runs changes only the speed: both form the same sum (the test checks every "
+        "path against each location's outer product), and every channel of a map has the same size")
+NAME = "a version, or a batch number, only has to differ from the others: any start and any step keep them distinct"
 EQUIVALENT: list[tuple[str, str, str, str]] = [
+    ("stats", "SecondMoment.add_map", "hw = keys[0, 0].numel() if (keys.dim() > 2) and False else 0", PATH),
+    ("stats", "SecondMoment.add_map", "hw = keys[0, 0].numel() if (keys.dim() > 2) or True else 0", PATH),
+    ("stats", "SecondMoment.add_map", "hw = keys[0, 1].numel() if keys.dim() > 2 else 0", PATH),
+    ("stats", "SecondMoment.add_map", "hw = keys[0, 0].numel() if keys.dim() >= 2 else 0", PATH),
+    ("stats", "SecondMoment.add_map", "hw = keys[0, 0].numel() if keys.dim() > 3 else 0", PATH),
+    ("stats", "SecondMoment.add_map", "hw = keys[0, 0].numel() if keys.dim() > 2 else 1", PATH),
+    ("stats", "SecondMoment.add_map", "if self._split or hw <= keys.shape[1]:", PATH),
+    ("stats", "SecondMoment.add_map", "self._acc += torch.bmm(k, k.transpose(1, 2)).sum(0).to(None)", SUM64),
+    ("stack", "EditStack.__init__", "self._next_batch = 2", NAME),
+    ("stack", "EditStack.__init__", "self.version = None  # names the live weights (a cache key for what they compute): new for every change,", NAME),
+    ("stack", "EditStack.__init__", "self._versions = 1  # the old one again when `trial` puts the weights back bit for bit", NAME),
+    ("stack", "EditStack._sync", "self._versions -= 1", NAME),
+    ("stack", "EditStack._sync", "self._versions += 2", NAME),
+    ("stack", "EditStack.push_many", "self._next_batch += 2", NAME),
     ("directions", "key_directions", "w = weights.to(None, torch.float64)", CPU),
     ("directions", "key_directions", "w = weights.to(torch.float64)", CPU),
     ("directions", "key_directions", "z = zca_whitener(cov.to(None), eig_floor)", CPU),

@@ -240,3 +240,45 @@ def test_a_trial_puts_back_entries_redo_list_ids_weights_and_the_weights_version
     assert stack.version not in seen
     stack.revert_all()
     assert torch.equal(model.a.weight, w0)
+
+
+def test_a_batch_undoes_and_redoes_as_one_and_replace_keeps_its_place():
+    model = TwoLayers()
+    stack = EditStack(model)
+    w0a, w0b = model.a.weight.detach().clone(), model.b.weight.detach().clone()
+    (d1, x1), (d2, x2), (d3, x3), (d4, x4) = (_delta("a.weight", 1), _delta("b.weight", 2), _delta("a.weight", 3),
+                                              _delta("b.weight", 4))
+    alone = stack.push(d1, "alone")
+    pair = stack.push_many([(d2, "two", ()), (d3, "three", ())])
+    assert [e.id for e in pair] == [2, 3] and pair[0].batch == pair[1].batch != 0 and alone.batch == 0
+    assert [e.name for e in pair] == ["two", "three"] and alone.members == () and pair[0].members == ()
+    assert torch.equal(model.a.weight, w0a + x1 + x3) and torch.equal(model.b.weight, w0b + x2)
+    assert stack.undo().id == 2 and [e.id for e in stack.entries] == [1]  # the whole batch, last one first
+    assert [e.id for e in stack.undone] == [3, 2] and torch.equal(model.a.weight, w0a + x1)
+    assert torch.equal(model.b.weight, w0b)
+    assert stack.redo().id == 3 and [e.id for e in stack.entries] == [1, 2, 3] and stack.undone == []
+    assert torch.equal(model.a.weight, w0a + x1 + x3) and torch.equal(model.b.weight, w0b + x2)
+    again = stack.push_many([(d4, "four", ()), (d2, "five", ())])  # a second batch gets its own number
+    assert again[0].batch == again[1].batch not in (0, pair[0].batch)
+    single = stack.push_many([(d4, "six", ())])  # one entry is no batch
+    assert single[0].batch == 0
+    new = stack.replace(2, d4, "two'")  # a new id in the old place and batch, weights recomputed in order
+    assert [e.id for e in stack.entries] == [1, new.id, 3, 4, 5, 6] and new.batch == pair[0].batch
+    assert new.name == "two'" and new.members == ()
+    assert torch.equal(model.b.weight, w0b + x4 + x4 + x2 + x4) and stack.undone == []
+    with pytest.raises(KeyError, match="no active edit with id 99"):
+        stack.replace(99, d4, "x")
+
+
+def test_every_change_of_the_weights_gets_a_new_version():
+    stack = EditStack(TwoLayers())
+    seen = [stack.version]
+    stack.push(_delta("a.weight", 1)[0])
+    seen.append(stack.version)
+    stack.push(_delta("b.weight", 2)[0])
+    seen.append(stack.version)
+    stack.undo()
+    seen.append(stack.version)
+    stack.redo()
+    seen.append(stack.version)
+    assert len(set(seen)) == len(seen), seen
