@@ -20,7 +20,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -85,6 +87,33 @@ def _execute(client: httpx.Client, pool: ThreadPoolExecutor, seeds: str) -> dict
     return {"total_s": time.perf_counter() - t0, "job_s": t_job, "solve_s": job["seconds"], "gallery_s": t_gallery}
 
 
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def _have_chromium() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("playwright") is not None and os.path.exists(CHROMIUM)
+
+
+@contextmanager
+def _chromium_page(url: str) -> Iterator:
+    """A 1400 x 1000 page of the app in Debian's headless Chromium, ready (body[data-ready])."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url)
+            page.wait_for_selector("body[data-ready='1']")
+            yield page
+        finally:
+            browser.close()
+
+
 _BROWSER_EXECUTE = """async (edit) => {
   document.querySelector('#live').checked = false; // Execute alone, without a live preview
   await showEdit(edit);                       // the edit's regions, as if painted
@@ -106,26 +135,14 @@ _BROWSER_EXECUTE = """async (edit) => {
 
 def _browser_execute(url: str, repeats: int) -> list[float] | None:
     """Seconds from clicking Execute to a fully loaded, updated 16-image gallery in headless Chromium."""
-    chromium = "/usr/bin/chromium"
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
+    if not _have_chromium():
         return None
-    if not os.path.exists(chromium):
-        return None
-    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"]
     edit = {**EDIT, "update": {}, "context": EDIT["context"]}
     times = []
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium, args=args)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(url)
-        page.wait_for_selector("body[data-ready='1']")
+    with _chromium_page(url) as page:
         for i in range(repeats):
             times.append(page.evaluate(_BROWSER_EXECUTE, {**edit, "gallery": f"{400 + 16 * i}-{400 + 16 * i + 15}"}))
             page.evaluate("() => fetch('/api/history/revert', {method: 'POST', headers: {'Content-Type': 'application/json'}})")
-        browser.close()
     return times
 
 
@@ -150,21 +167,10 @@ _BROWSER_LIVE_DONE = """(seq) => {
 
 def _browser_live(url: str, repeats: int) -> dict | None:
     """Seconds from the mouse-up ending a context stroke to 16 decoded live-preview images, in headless Chromium."""
-    chromium = "/usr/bin/chromium"
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
+    if not _have_chromium():
         return None
-    if not os.path.exists(chromium):
-        return None
-    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"]
     times, server = [], []
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium, args=args)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(url)
-        page.wait_for_selector("body[data-ready='1']")
+    with _chromium_page(url) as page:
         page.evaluate("() => { localStorage.setItem('model-rewrite.guide-seen', '1'); toggleGuide(false); }")
         page.evaluate(_BROWSER_LIVE_SETUP, {**EDIT, "update": {}, "gallery": "500-515"})
         page.wait_for_function(_BROWSER_LIVE_DONE, arg=0, timeout=300_000)
@@ -181,7 +187,6 @@ def _browser_live(url: str, repeats: int) -> dict | None:
             if i:
                 times.append(page.evaluate("() => (performance.now() - window.__ups[window.__ups.length - 1]) / 1000"))
                 server.append(page.evaluate("() => app.live.seconds"))
-        browser.close()
     return {"times": times, "server": server}
 
 

@@ -24,6 +24,37 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 FACE_MODEL_REASON = "the default face model's wheel is absent: pip install --no-deps gan-face-generate==1.1.1"
 
 
+@contextmanager
+def chromium() -> Iterator:
+    """Debian's Chromium under Playwright (headless), closed afterwards."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@contextmanager
+def served_page(browser, url: str, width: int, height: int) -> Iterator:
+    """A page of the app at `url` in a fresh browser context, ready (body[data-ready]); on leaving, the
+    context is closed and any JavaScript error the page raised fails the test."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    context = browser.new_context(viewport={"width": width, "height": height}, accept_downloads=True)
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    pg.goto(url)
+    pg.wait_for_selector("body[data-ready='1']")
+    try:
+        yield pg
+    finally:
+        context.close()
+    assert not errors, f"JavaScript errors in the page: {errors}"
+
+
 def has_face_model() -> bool:
     """Whether the default face model's wheel (gan-face-generate) is installed."""
     import importlib.util

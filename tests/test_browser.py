@@ -11,7 +11,8 @@ import re
 import numpy as np
 import pytest
 import torch
-from helpers import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, FACE_MODEL_REASON, has_face_model, image_from_png, live_server
+from helpers import (ARTIFACTS, CHROMIUM, FACE_MODEL_REASON, chromium, has_face_model, image_from_png, live_server,
+                     served_page)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.skipif(not has_face_model(), reason=FACE_MODEL_REASON)]
 
@@ -32,24 +33,14 @@ def server(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def browser():
-    with playwright_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with chromium() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture
 def page(browser, server):
-    ARTIFACTS.mkdir(exist_ok=True)
-    context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
-    pg = context.new_page()
-    errors: list[str] = []
-    pg.on("pageerror", lambda exc: errors.append(str(exc)))
-    pg.goto(server[0])
-    pg.wait_for_selector("body[data-ready='1']")
-    yield pg
-    context.close()
-    assert not errors, f"JavaScript errors in the page: {errors}"
+    with served_page(browser, server[0], 1400, 1000) as pg:
+        yield pg
 
 
 def shot(pg, name: str) -> None:

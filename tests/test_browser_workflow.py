@@ -16,7 +16,8 @@ import re
 
 import numpy as np
 import pytest
-from helpers import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, FACE_MODEL_REASON, has_face_model, image_from_png, live_server
+from helpers import (ARTIFACTS, CHROMIUM, FACE_MODEL_REASON, chromium, has_face_model, image_from_png, live_server,
+                     served_page)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.skipif(not has_face_model(), reason=FACE_MODEL_REASON)]
 
@@ -38,28 +39,19 @@ def server(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def browser():
-    with playwright_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with chromium() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture
 def page(browser, server):
     """A first visit at 1280 x 900 with an empty history (the model is reverted for each test)."""
-    ARTIFACTS.mkdir(exist_ok=True)
-    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
-    pg = context.new_page()
-    errors: list[str] = []
-    pg.on("pageerror", lambda exc: errors.append(str(exc)))
-    pg.goto(server[0])
-    pg.wait_for_selector("body[data-ready='1']")
-    pg.evaluate("() => fetch('/api/history/revert', {method: 'POST', headers: {'Content-Type': 'application/json'}}).then((r) => { if (!r.ok) throw new Error('revert: ' + r.status); })")
-    pg.reload()
-    pg.wait_for_selector("body[data-ready='1']")
-    yield pg
-    context.close()
-    assert not errors, f"JavaScript errors in the page: {errors}"
+    with served_page(browser, server[0], 1280, 900) as pg:
+        pg.evaluate("() => fetch('/api/history/revert', {method: 'POST', headers: {'Content-Type': 'application/json'}})"
+                    ".then((r) => { if (!r.ok) throw new Error('revert: ' + r.status); })")
+        pg.reload()
+        pg.wait_for_selector("body[data-ready='1']")
+        yield pg
 
 
 def shots(pg, name: str) -> None:
