@@ -7,44 +7,22 @@ import json
 import os
 import shutil
 import subprocess
-import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
 pytest.importorskip("fastapi", reason="the web app needs the [web] extra (fastapi, uvicorn)")
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    from fastapi.testclient import TestClient
-
 from helpers import box_mask
+from web_fixtures import JSON, client, session, stats_cache  # noqa: F401  (fixtures)
 
 from model_rewrite import Rewriter, Selection, UpdateConfig, load_edit, save_edit
 from model_rewrite.cache import save_tensors
 from model_rewrite.errors import IncompatibleEdit, InvalidEdit
-from model_rewrite.server.app import create_app
 from model_rewrite.server.session import EditSession
 from model_rewrite.server.storage import check_save_name
 
 RES, LAYER = 32, "b16"
-JSON = {"Content-Type": "application/json"}
-
-
-@pytest.fixture(scope="module")
-def stats_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("stats-cache")
-
-
-@pytest.fixture
-def session(stats_cache: Path, tmp_path: Path) -> EditSession:
-    return EditSession(Rewriter("tiny", cache_dir=stats_cache), edits_dir=tmp_path / "edits")
-
-
-@pytest.fixture
-def client(session: EditSession):
-    with TestClient(create_app(session), base_url="http://127.0.0.1", headers=JSON) as c:
-        yield c
 
 
 def apply_edit(rw: Rewriter, y: int, name: str):

@@ -22,6 +22,7 @@ with warnings.catch_warnings():  # starlette's notice about httpx versions
     from fastapi.testclient import TestClient
 
 from helpers import box_mask, image_from_png, live_server
+from web_fixtures import JSON, client, session  # noqa: F401  (fixtures; JSON: what the page sends with every change)
 
 from model_rewrite import Rewriter
 from model_rewrite.edits import Selection, load_edit
@@ -36,7 +37,6 @@ from model_rewrite.server.rendering import MATCH_COLOR
 from model_rewrite.server.session import EditSession, default_layer
 from model_rewrite.server.storage import check_save_name
 
-JSON = {"Content-Type": "application/json"}  # what the page sends with every change (the server requires it)
 RES = 32  # the tiny model's image side
 LAYER = "b16"
 
@@ -49,17 +49,6 @@ def stats_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("stats-cache")
     _STATS_CACHE[:] = [path]
     return path
-
-
-@pytest.fixture
-def session(stats_cache: Path, tmp_path: Path) -> EditSession:
-    return EditSession(Rewriter("tiny", cache_dir=stats_cache), edits_dir=tmp_path / "edits")
-
-
-@pytest.fixture
-def client(session: EditSession):
-    with TestClient(create_app(session), base_url="http://127.0.0.1", headers=JSON) as c:
-        yield c
 
 
 def sel(seed: int, mask: torch.Tensor) -> dict:

@@ -11,7 +11,6 @@ import http.client
 import io
 import json
 import warnings
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -23,25 +22,13 @@ with warnings.catch_warnings():
     from fastapi.testclient import TestClient
 
 from helpers import box_mask, live_server_process, peak_memory_kib
+from web_fixtures import JSON, OWN, session, stats_cache  # noqa: F401  (fixtures)
 
-from model_rewrite import Rewriter
 from model_rewrite.masks import data_url_from_mask
 from model_rewrite.server.app import create_app
 from model_rewrite.server.session import EditSession
 
 RES, LAYER = 32, "b16"
-JSON = {"Content-Type": "application/json"}
-OWN = "http://127.0.0.1"
-
-
-@pytest.fixture(scope="module")
-def stats_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("stats-cache")
-
-
-@pytest.fixture
-def session(stats_cache: Path, tmp_path: Path) -> EditSession:
-    return EditSession(Rewriter("tiny", cache_dir=stats_cache), edits_dir=tmp_path / "edits")
 
 
 @pytest.fixture
