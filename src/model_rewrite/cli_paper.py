@@ -29,12 +29,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_replay_paper(args: argparse.Namespace) -> int:
-    from .replay import REFERENCE_UPDATE, replay_paper
+    from .replay import PAPER_SCHEDULE, replay_paper
 
     rw = rewriter_from_args(args)
     names = [n.strip() for n in args.experiments.split(",") if n.strip()] if args.experiments else None
     summary = replay_paper(rw, args.requests, args.out, seeds_from_args(args), experiments=names,
-                           update=config_from_flags(args, UpdateConfig, REFERENCE_UPDATE),
+                           update=config_from_flags(args, UpdateConfig, PAPER_SCHEDULE),
                            keys=config_from_flags(args, KeyConfig), stats=config_from_flags(args, StatsConfig),
                            render=config_from_flags(args, RenderConfig), quiet=args.quiet, scale=args.scale)
     for row in summary["experiments"]:
@@ -61,6 +61,6 @@ def add_paper_commands(sub: argparse._SubParsersAction) -> None:
     add_common(p, layer=False, seeds=True)
     p.set_defaults(func=cmd_replay_paper, latents="paper")
     add_config_flags(p, KeyConfig, "context directions")
-    add_config_flags(p, UpdateConfig, "update (default: the reference setting, 2000 steps, preserve 0)")
+    add_config_flags(p, UpdateConfig, "update (default: our optimiser on the authors' schedule, 2000 steps, preserve 0; --method reference runs their algorithm)")
     add_config_flags(p, StatsConfig, "statistics")
     add_config_flags(p, RenderConfig, "report")

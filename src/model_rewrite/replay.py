@@ -22,9 +22,10 @@ from .errors import InvalidEdit
 from .paper_format import edit_from_paper_request, is_paper_request
 from .run_edits import apply_edits
 
-# The authors' solve: rank 1 (KeyConfig()), 2001 Adam steps at lr 0.05 on the tight paste box, no term
-# keeping the rest of the paste image (METHOD.md section 6); statistics over 1000 samples (StatsConfig()).
-REFERENCE_UPDATE = UpdateConfig(steps=2000, lr=0.05, preserve=0.0, tight_paste=True)
+# Our optimiser on the authors' schedule: rank 1 (KeyConfig()), 2000 Adam steps at lr 0.05 on the tight paste box,
+# no term keeping the rest of the paste image (METHOD.md section 6); statistics over 1000 samples (StatsConfig()).
+# An emulation, not their algorithm: `--method reference` (reference.py) runs that.
+PAPER_SCHEDULE = UpdateConfig(steps=2000, lr=0.05, preserve=0.0, tight_paste=True)
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ def find_requests(folder: str | Path, experiments: Sequence[PaperExperiment]) ->
 
 
 def replay_paper(rw: Any, requests: str | Path, out: str | Path, seeds: Sequence[int], *,
-                 experiments: Sequence[str] | None = None, update: UpdateConfig = REFERENCE_UPDATE,
+                 experiments: Sequence[str] | None = None, update: UpdateConfig = PAPER_SCHEDULE,
                  keys: KeyConfig = KeyConfig(), stats: StatsConfig = StatsConfig(), render: RenderConfig = RenderConfig(),
                  quiet: bool = False, scale: int = 2) -> dict:
     """Apply each chosen experiment's request (from the folder `requests`) on the unedited model `rw` at the
