@@ -5,7 +5,7 @@ from torch import nn
 from model_rewrite.config import StatsConfig
 from helpers import KeysAreTheLatent, hook_count
 from model_rewrite.layers import LayerSpec
-from model_rewrite.stats import SecondMoment, collect_key_stats, rows_from_map
+from model_rewrite.stats import SecondMoment, collect_key_stats, row_blocks, rows_from_map
 
 
 @pytest.mark.parametrize("splits", [[100], [1, 99], [37, 63], [10] * 10, [3, 3, 94]])
@@ -24,10 +24,10 @@ def test_streaming_second_moment_equals_batch_for_any_split(splits):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_wide_keys_use_the_block_product_and_still_equal_the_full_product(dtype):
-    # 301 >= the split width: the accumulator forms only the block upper triangle and mirrors it
+    # 301 wide: row blocks of 64 (the last 45 rows high); only the block upper triangle is formed and mirrored
     keys = torch.randn(900, 301, generator=torch.Generator().manual_seed(4)) + 0.3
     acc = SecondMoment(301, product_dtype=dtype)
-    assert acc._split == 150
+    assert acc._blocks == [(0, 64), (64, 128), (128, 192), (192, 256), (256, 301)]
     for chunk in keys.split(250):
         acc.add(chunk)
     exact = keys.double().T @ keys.double()
@@ -37,10 +37,10 @@ def test_wide_keys_use_the_block_product_and_still_equal_the_full_product(dtype)
     assert torch.equal(acc.moment(), acc.moment().T)
 
 
-@pytest.mark.parametrize("shape", [(6, 8, 4, 4), (6, 40, 3, 2), (5, 24, 7), (3, 300, 2, 2), (4, 9)])
+@pytest.mark.parametrize("shape", [(6, 8, 4, 4), (6, 40, 3, 2), (5, 24, 7), (3, 300, 2, 2), (2, 130, 5, 3), (4, 9)])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_key_maps_accumulate_to_the_sum_of_every_location_s_outer_product(shape, dtype):
-    # the batched path (a block at least as wide as tall), rows (a tall block, wide keys, a 1-D map, rows)
+    # narrow keys (one block), wide keys in row blocks (uneven last block), a 1-D map, rows
     maps = torch.randn(*shape, generator=torch.Generator().manual_seed(7)) + 0.2
     acc = SecondMoment(shape[1], product_dtype=dtype)
     acc.add_map(maps[:2])
@@ -123,8 +123,9 @@ def test_rows_from_map_puts_one_location_per_row_in_image_then_row_then_column_o
     assert rows_from_map(line).tolist() == line[0].T.tolist()
 
 
-def test_the_block_product_starts_at_256_wide_keys_and_moments_check_their_input():
-    assert SecondMoment(255)._split == 0 and SecondMoment(256)._split == 128
+def test_the_block_product_starts_at_128_wide_keys_and_moments_check_their_input():
+    assert row_blocks(127) == [(0, 127)] and row_blocks(128) == [(0, 64), (64, 128)]
+    assert row_blocks(130) == [(0, 64), (64, 128), (128, 130)]
     with pytest.raises(ValueError, match="^no keys were added$"):
         SecondMoment(3).moment()
     a = SecondMoment(3)
