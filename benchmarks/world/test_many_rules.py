@@ -58,3 +58,38 @@ def test_small_many_rules_run(tmp_path):
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["meta"]["n_eval"] == 10 and "six rules at once" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "examples.png").stat().st_size > 0
+
+
+def _load_pairs():
+    _load()
+    if "bench_rule_pairs" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("bench_rule_pairs", BENCH / "bench_rule_pairs.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["bench_rule_pairs"] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules["bench_rule_pairs"]
+
+
+def test_response_correlation_by_hand():
+    pairs = _load_pairs()
+    # C = diag(4, 1): d1 = e1 and d2 = e2 never respond together (0); d3 = (1, 1): d1.C.d3 = 4,
+    # d1.C.d1 = 4, d3.C.d3 = 5 -> 4 / sqrt(4 * 5) = 2 / sqrt(5); a direction and its negative: -1
+    c = torch.diag(torch.tensor([4.0, 1.0]))
+    dirs = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-2.0, 0.0]])
+    rho = pairs.response_correlation(dirs, c)
+    assert rho.dtype == torch.float64
+    torch.testing.assert_close(rho[0, 1], torch.tensor(0.0, dtype=torch.float64))
+    torch.testing.assert_close(rho[0, 2], torch.tensor(2 / 5 ** 0.5, dtype=torch.float64))
+    torch.testing.assert_close(rho[0, 3], torch.tensor(-1.0, dtype=torch.float64))
+    torch.testing.assert_close(rho.diagonal(), torch.ones(4, dtype=torch.float64))
+
+
+@pytest.mark.skipif(not MODEL.is_file(), reason="the trained world generator is not committed")
+def test_small_rule_pairs_run(tmp_path):
+    torch.set_num_threads(1)
+    pairs = _load_pairs()
+    res = pairs.main(["--seeds", "4", "--pool", "120", "--contexts", "2", "--stats-samples", "60", "--out", str(tmp_path)])
+    assert len(res["pairs"]) == 15 and len(res["rho"]) == 6
+    assert all(-1.0 - 1e-9 <= p["rho"] <= 1.0 + 1e-9 for p in res["pairs"])
+    md = (tmp_path / "results.md").read_text()
+    assert md.count("\n| ") == 17  # header, rule, 15 pairs
