@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .cli_flags import (OneLineParser, add_common, add_config_flags, adopt_latents, check_heat_direction, config_from_flags,
-                        input_files, int_in, load_edit_for, load_edits_for, rewriter_from_args, seeds_from_args, with_flags)
+from .cli_flags import (OneLineParser, add_common, add_config_flags, add_edit_config_flags, adopt_latents,
+                        check_heat_direction, config_from_flags, input_files, int_in, load_edit_for, load_edits_for, rewriter_from_args, seeds_from_args, with_flags)
 from .cli_paper import add_paper_commands
 from .cli_quality import add_quality_commands
-from .config import KeyConfig, RenderConfig, StatsConfig, UpdateConfig
+from .config import KeyConfig, RenderConfig, StatsConfig
 from .errors import RewriteError
 
 log = logging.getLogger("model_rewrite")
@@ -207,10 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "alone, joint and sequential; write joint.json (a multi-edit file, read back by apply)")
     p.add_argument("--no-interference", action="store_true", help="with --joint: skip the alone/sequential measurements")
     add_common(p, seeds=True)
-    add_config_flags(p, KeyConfig, "context directions")
-    add_config_flags(p, UpdateConfig, "update")
-    add_config_flags(p, StatsConfig, "statistics")
-    add_config_flags(p, RenderConfig, "report")
+    add_edit_config_flags(p)
     p.set_defaults(func=cmd_apply)
 
     p = sub.add_parser("search", help="rank samples by an edit's query direction (else its context's) and show where it fires")

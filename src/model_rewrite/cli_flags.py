@@ -60,6 +60,17 @@ def add_common(p: argparse.ArgumentParser, layer: bool = True, seeds: bool = Fal
         p.add_argument("--scale", type=int_in(1, 16), default=2, help="pixel scale of written grids (default 2, 1..16)")
 
 
+def add_edit_config_flags(parser: argparse.ArgumentParser, update_title: str = "update") -> None:
+    """The four config groups of a command that solves and reports edits: context directions, update,
+    statistics, report (apply, suggest, replay-paper)."""
+    from .config import KeyConfig, RenderConfig, StatsConfig, UpdateConfig
+
+    add_config_flags(parser, KeyConfig, "context directions")
+    add_config_flags(parser, UpdateConfig, update_title)
+    add_config_flags(parser, StatsConfig, "statistics")
+    add_config_flags(parser, RenderConfig, "report")
+
+
 def add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str) -> None:
     """One flag per field of config dataclass `cls` (`rank` -> --rank), stored as "Cls.field"; the help
     gives the default and the range or choices declared in config.py."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .cli_flags import (add_common, add_config_flags, config_from_flags, load_edit_for, rewriter_from_args,
+from .cli_flags import (add_common, add_edit_config_flags, config_from_flags, load_edit_for, rewriter_from_args,
                         seeds_from_args)
 from .config import KeyConfig, RenderConfig, StatsConfig, UpdateConfig
 from .errors import RewriteError
@@ -60,7 +60,5 @@ def add_paper_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--experiments", default=None, help="comma-separated subset of dome2spire,dome2tree,dome2castle,smile")
     add_common(p, layer=False, seeds=True)
     p.set_defaults(func=cmd_replay_paper, latents="paper")
-    add_config_flags(p, KeyConfig, "context directions")
-    add_config_flags(p, UpdateConfig, "update (default: our optimiser on the authors' schedule, 2000 steps, preserve 0; --method reference runs their algorithm)")
-    add_config_flags(p, StatsConfig, "statistics")
-    add_config_flags(p, RenderConfig, "report")
+    add_edit_config_flags(p, "update (default: our optimiser on the authors' schedule, 2000 steps, preserve 0; "
+                             "--method reference runs their algorithm)")

@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .cli_flags import (add_common, add_config_flags, adopt_latents, config_from_flags, input_files, load_edit_for,
+from .cli_flags import (add_common, add_config_flags, add_edit_config_flags, adopt_latents, config_from_flags, input_files, load_edit_for,
                         rewriter_from_args, seeds_from_args, with_flags)
-from .config import MAX_RANK, KeyConfig, RenderConfig, StatsConfig, UpdateConfig
+from .config import MAX_RANK, RenderConfig, StatsConfig, UpdateConfig
 from .errors import RewriteError
 
 
@@ -131,10 +131,7 @@ def add_quality_commands(sub: Any) -> None:
     p.add_argument("--goal-only", action="store_true", help="only rank layers by goal fidelity (what each can draw of "
                                                             "the painting), solving nothing")
     add_common(p, seeds=True)
-    add_config_flags(p, KeyConfig, "context directions")
-    add_config_flags(p, UpdateConfig, "update")
-    add_config_flags(p, StatsConfig, "statistics")
-    add_config_flags(p, RenderConfig, "report")
+    add_edit_config_flags(p)
     p.set_defaults(func=cmd_suggest)
 
     p = sub.add_parser("preview", help="the edit's goal as the model will draw it, beside the painted composite")
