@@ -86,22 +86,28 @@ EXAMPLES = {
     "dark-glasses": dict(
         layer="b16",
         context=[(1, [(30, 32, 4, 16)]), (17, [(27.5, 32, 4, 16)]), (27, [(28, 32, 4, 15)]), (45, [(31, 32, 4, 17)]),
-                 (57, [(27, 32, 4, 18)])],
+                 (57, [(27, 32, 4, 18)]), (0, [(27, 31, 4, 16)]), (19, [(29, 32, 4, 17)]), (22, [(28, 32, 4, 16)]),
+                 (5, [(30, 32, 4, 16)]), (33, [(29, 32, 4, 16)]), (113, [(30, 32, 4, 17)]), (149, [(30, 32, 4, 16)]),
+                 (91, [(30, 32, 4, 16)])],
         copy=(54, [(30, 31, 7, 24)]),
         paste=(1, [(30, 32, 6, 20)]),
         update=UpdateConfig(),
         note="Copy the dark tinted glasses of seed 54 onto the eyes of seed 1; the context is the band across both eyes "
-        "(eyes and the bridge of the nose) of five faces without glasses.",
+        "(eyes and the bridge of the nose) of thirteen faces without glasses.",
     ),
     "close-mouth": dict(
         layer="b32",
-        context=[(45, [(52, 33, 3, 8)]), (105, [(51, 32, 3, 8)]), (0, [(51.5, 31, 3, 11)]), (11, [(49.5, 30, 3, 8)])],
+        context=[(45, [(52, 33, 3, 8)]), (105, [(51, 32, 3, 8)]), (0, [(51.5, 31, 3, 11)]), (11, [(49.5, 30, 3, 8)]),
+                 (91, [(51.5, 31.5, 2.5, 8)]), (149, [(52, 33, 2.5, 9)]), (113, [(52, 32, 2.5, 9)]),
+                 (112, [(53, 31, 2.5, 7)]), (77, [(52.5, 29, 2.5, 6)]), (76, [(51, 33, 2.5, 8)]),
+                 (156, [(52.5, 32, 2.5, 8)]), (236, [(52.5, 31, 2.5, 9)])],
         copy=(57, [(50.5, 32, 3.5, 10)]),
         paste=(45, [(52, 33, 3.5, 10)]),
         update=UpdateConfig(),
-        keys=KeyConfig(rank=2),
-        note="Copy the closed lips of seed 57 over the bared teeth of seed 45; the context is the teeth of four "
-        "smiling faces (rank 2).",
+        keys=KeyConfig(rank=4),
+        note="Copy the closed lips of seed 57 over the bared teeth of seed 45; the context is the teeth of twelve "
+        "smiling faces (the first four picked by eye, the other eight the best matches of `search` over seeds 0-255), "
+        "rank 4.",
     ),
     "green-hair": dict(
         layer="b64",
