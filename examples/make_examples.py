@@ -103,7 +103,7 @@ EXAMPLES = {
                  (156, [(52.5, 32, 2.5, 8)]), (236, [(52.5, 31, 2.5, 9)])],
         copy=(57, [(50.5, 32, 3.5, 10)]),
         paste=(45, [(52, 33, 3.5, 10)]),
-        update=UpdateConfig(),
+        update=UpdateConfig(lr=0.005),
         keys=KeyConfig(rank=4),
         note="Copy the closed lips of seed 57 over the bared teeth of seed 45; the context is the teeth of twelve "
         "smiling faces (the first four picked by eye, the other eight the best matches of `search` over seeds 0-255), "
