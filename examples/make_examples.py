@@ -118,6 +118,20 @@ EXAMPLES = {
         update=UpdateConfig(),
         note="Copy the green hair of seed 105 onto the dark hair of seed 57; the context is the hair on top of five heads.",
     ),
+    "green-streaks": dict(
+        layer="b32",
+        context=[(1, [(36, 9, 14, 5), (36, 55, 14, 5)]), (45, [(38, 9, 14, 5), (38, 56, 14, 5)]),
+                 (22, [(36, 9, 14, 5), (36, 56, 14, 5)]), (230, [(36, 10, 14, 5), (36, 56, 14, 5)]),
+                 (236, [(30, 8, 12, 5)]), (246, [(36, 5, 14, 4), (34, 55, 14, 4)]), (71, [(32, 5, 14, 4)]),
+                 (85, [(36, 7, 14, 4), (36, 55, 14, 3)]), (26, [(36, 8, 14, 4), (36, 54, 14, 4)]), (25, [(36, 58, 14, 5)]),
+                 (226, [(36, 7, 14, 3), (36, 52, 14, 3)])],
+        copy=(103, [(30, 10, 14, 7)]),
+        paste=(45, [(36, 9, 14, 6)]),
+        update=UpdateConfig(preserve=0.3),
+        note="Copy the green hair on the left side of seed 103's head onto the long dark hair beside the face of seed 45; "
+        "the context is the long hair beside the faces of eleven heads (five picked by eye, six among the best "
+        "matches of `search` over seeds 0-255).",
+    ),
 }
 
 
