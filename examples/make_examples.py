@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from model_rewrite import Selection, UpdateConfig, save_edit
+from model_rewrite import KeyConfig, Selection, UpdateConfig, save_edit
 from model_rewrite.cache import atomic_write_bytes
 from model_rewrite.masks import png_bytes_from_mask
 from model_rewrite.rewrite import Rewriter
@@ -31,7 +31,8 @@ def ellipses(*shapes: tuple[float, float, float, float], size: int = 64) -> torc
     return mask.clamp(0, 1)
 
 
-# name -> layer, context [(seed, ellipses)], copy (seed, ellipses) or None, paste (seed, ellipses), update, note
+# name -> layer, context [(seed, ellipses)], copy (seed, ellipses) or None, paste (seed, ellipses), update, note;
+# optional keys (KeyConfig: the rank of the context directions, default rank 1)
 EXAMPLES = {
     "red-lips": dict(
         layer="b32",
@@ -82,6 +83,55 @@ EXAMPLES = {
         update=UpdateConfig(erase=True, erase_units=60),
         note="Erase: zero the 60 key units (of 128) most specific to glasses (seeds 35, 31, 53) inside the glasses of seed 35.",
     ),
+    "dark-glasses": dict(
+        layer="b16",
+        context=[(1, [(30, 32, 4, 16)]), (17, [(27.5, 32, 4, 16)]), (27, [(28, 32, 4, 15)]), (45, [(31, 32, 4, 17)]),
+                 (57, [(27, 32, 4, 18)]), (0, [(27, 31, 4, 16)]), (19, [(29, 32, 4, 17)]), (22, [(28, 32, 4, 16)]),
+                 (5, [(30, 32, 4, 16)]), (33, [(29, 32, 4, 16)]), (113, [(30, 32, 4, 17)]), (149, [(30, 32, 4, 16)]),
+                 (91, [(30, 32, 4, 16)])],
+        copy=(54, [(30, 31, 7, 24)]),
+        paste=(1, [(30, 32, 6, 20)]),
+        update=UpdateConfig(),
+        note="Copy the dark tinted glasses of seed 54 onto the eyes of seed 1; the context is the band across both eyes "
+        "(eyes and the bridge of the nose) of thirteen faces without glasses.",
+    ),
+    "close-mouth": dict(
+        layer="b32",
+        context=[(45, [(52, 33, 3, 8)]), (105, [(51, 32, 3, 8)]), (0, [(51.5, 31, 3, 11)]), (11, [(49.5, 30, 3, 8)]),
+                 (91, [(51.5, 31.5, 2.5, 8)]), (149, [(52, 33, 2.5, 9)]), (113, [(52, 32, 2.5, 9)]),
+                 (112, [(53, 31, 2.5, 7)]), (77, [(52.5, 29, 2.5, 6)]), (76, [(51, 33, 2.5, 8)]),
+                 (156, [(52.5, 32, 2.5, 8)]), (236, [(52.5, 31, 2.5, 9)])],
+        copy=(57, [(50.5, 32, 3.5, 10)]),
+        paste=(45, [(52, 33, 3.5, 10)]),
+        update=UpdateConfig(lr=0.005),
+        keys=KeyConfig(rank=4),
+        note="Copy the closed lips of seed 57 over the bared teeth of seed 45; the context is the teeth of twelve "
+        "smiling faces (the first four picked by eye, the other eight the best matches of `search` over seeds 0-255), "
+        "rank 4.",
+    ),
+    "green-hair": dict(
+        layer="b64",
+        context=[(57, [(6, 32, 6, 22)]), (45, [(5, 32, 5, 20)]), (1, [(5, 32, 5, 20)]), (20, [(6, 32, 8, 22)]),
+                 (22, [(5, 32, 6, 20)])],
+        copy=(105, [(6, 28, 6, 20)]),
+        paste=(57, [(6, 32, 6, 22)]),
+        update=UpdateConfig(),
+        note="Copy the green hair of seed 105 onto the dark hair of seed 57; the context is the hair on top of five heads.",
+    ),
+    "green-streaks": dict(
+        layer="b32",
+        context=[(1, [(36, 9, 14, 5), (36, 55, 14, 5)]), (45, [(38, 9, 14, 5), (38, 56, 14, 5)]),
+                 (22, [(36, 9, 14, 5), (36, 56, 14, 5)]), (230, [(36, 10, 14, 5), (36, 56, 14, 5)]),
+                 (236, [(30, 8, 12, 5)]), (246, [(36, 5, 14, 4), (34, 55, 14, 4)]), (71, [(32, 5, 14, 4)]),
+                 (85, [(36, 7, 14, 4), (36, 55, 14, 3)]), (26, [(36, 8, 14, 4), (36, 54, 14, 4)]), (25, [(36, 58, 14, 5)]),
+                 (226, [(36, 7, 14, 3), (36, 52, 14, 3)])],
+        copy=(103, [(30, 10, 14, 7)]),
+        paste=(45, [(36, 9, 14, 6)]),
+        update=UpdateConfig(preserve=0.3),
+        note="Copy the green hair on the left side of seed 103's head onto the long dark hair beside the face of seed 45; "
+        "the context is the long hair beside the faces of eleven heads (five picked by eye, six among the best "
+        "matches of `search` over seeds 0-255).",
+    ),
 }
 
 
@@ -98,7 +148,7 @@ def build(name: str, rw: Rewriter, out: Path, layer: str | None = None) -> Path:
     context = [sel(s, e, f"context{i}") for i, (s, e) in enumerate(ex["context"])]
     copy = sel(*ex["copy"], "copy") if ex["copy"] else None
     paste = sel(*ex["paste"], "paste")
-    spec = rw.new_edit(layer or ex["layer"], paste, copy, context, ex["update"], name=name)
+    spec = rw.new_edit(layer or ex["layer"], paste, copy, context, ex["update"], name=name, keys=ex.get("keys", KeyConfig()))
     spec = type(spec)(**{**spec.__dict__, "note": ex["note"]})
     return save_edit(folder / "edit.json", spec)
 
