@@ -400,3 +400,19 @@ def test_a_layer_with_tiny_outputs_takes_the_factored_path_too():
         model.body.lin.bias.mul_(1e-9)
     reference, fast = _factored(model, LayerSpec("body", "body.lin", key_axis=1))
     assert fast is not reference
+
+
+def test_a_refinement_that_never_beats_the_closed_form_says_so(caplog):
+    import logging
+
+    model, goal, dirs = _setup()
+    with caplog.at_level(logging.WARNING, logger="model_rewrite.solve"):
+        res = solve_update(model, SPEC, dirs, goal, UpdateConfig(steps=4, lr=10.0))  # every step overshoots
+    assert min(res.losses[1:]) > res.losses[0] and res.goal_loss == res.closed_form_loss
+    (record,) = caplog.records
+    assert "no Adam step improved on the closed-form start" in record.getMessage() and "--lr (e.g. 1)" in record.getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="model_rewrite.solve"):
+        res = solve_update(model, SPEC, dirs, goal, UpdateConfig(steps=20, lr=1e-3, loss="l1"))
+    assert min(res.losses[1:]) < res.losses[0]  # the L1 objective improves on the least-squares start
+    assert caplog.records == []

@@ -189,6 +189,12 @@ def solve_update(
             factor, losses = optimize_factor(loss_fn, start, config.steps, config.lr, step_cb)
         result = SolveResult(LowRankDelta(spec.param_path, spec.key_axis, factor, dirs), losses, cf_loss,
                              min(losses), cancelled=bool(cancelled))
+        if config.warm_start and len(losses) > 1 and min(losses[1:]) >= losses[0]:
+            # Adam's step is lr per factor entry whatever the entries' size; where they are small (higher ranks)
+            # every step overshoots, and the best iterate is the warm start: say so rather than hide it
+            log.warning("no Adam step improved on the closed-form start (loss %.4g after %d steps at lr %g): the "
+                        "update is the closed form; a lower --lr (e.g. %g) lets Adam refine it", losses[0],
+                        len(losses) - 1, config.lr, config.lr / 10)
     if not result.delta.is_finite():
         raise SolveError("the solved update holds NaN or infinite values; lower the learning rate or steps")
     result.seconds = time.perf_counter() - t0
