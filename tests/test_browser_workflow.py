@@ -565,3 +565,24 @@ def test_inputs_are_checked_as_you_type_with_the_configs_bounds(page):
     pg.fill("#search-seeds", "0-5000")
     assert "more than 2000" in pg.inner_text("#search-seeds-error") and disabled(pg, "#search")
     assert re.search(r"\d", pg.inner_text("#page-info"))
+
+
+def test_a_refinement_that_did_nothing_is_said_under_the_report(page):
+    # lr 10 with a warm start: every Adam step overshoots, so the update is the closed form; the page says so
+    pg = page
+    pg.click("#guide-close")
+    pg.uncheck("#live")
+    paint_edit(pg)
+    pg.click("summary")
+    pg.fill("#lr", "10")
+    pg.fill("#steps", "4")
+    pg.click("#execute")
+    wait_job(pg)
+    pg.wait_for_selector("#edit-report:not([hidden])")
+    job = pg.request.get(pg.url.rstrip("/") + "/api/job").json()["job"]
+    assert min(job["losses"][1:]) > job["losses"][0]
+    lines = pg.inner_text("#edit-report").splitlines()
+    assert lines[-1] == f"Note: {job['note']}" and "no Adam step improved on the closed-form start" in lines[-1], lines
+    # the header gives the loss of the update kept (the best iterate, here the start), not the last step's
+    assert pg.inner_text("#job-status") == f"done · best loss {min(job['losses']):.4f}"
+    shots(pg, "11-refinement-note")

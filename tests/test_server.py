@@ -280,6 +280,16 @@ def test_execute_solves_in_the_background_and_updates_the_gallery(client, sessio
     assert all(np.array_equal(original[s], before[s]) for s in before), "original shows the unedited model"
 
 
+def test_a_solve_whose_refinement_never_beat_the_closed_form_says_so(client, session):
+    job = run_edit(client, edit_body(lr=10.0, steps=4))  # every Adam step overshoots
+    assert min(job["losses"][1:]) > job["losses"][0]
+    assert job["note"].startswith("no Adam step improved on the closed-form start") and "lower lr (e.g. 1)" in job["note"]
+    assert client.post("/api/history/revert").status_code == 200
+    job = run_edit(client, edit_body(lr=1e-3, steps=20))
+    assert min(job["losses"][1:]) < job["losses"][0] and job["note"] == ""
+    assert client.post("/api/history/revert").status_code == 200
+
+
 def overlay_regions(overlay: np.ndarray, image: np.ndarray, cell: int) -> np.ndarray:
     """Where a /api/matches overlay marks its image (H, W, 3) as firing, by key-grid cells of `cell` pixels:
     a firing cell is kept as is (its edge drawn in the match colour), the others are dimmed to 45 %."""

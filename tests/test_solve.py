@@ -410,7 +410,7 @@ def test_a_refinement_that_never_beats_the_closed_form_says_so(caplog):
         res = solve_update(model, SPEC, dirs, goal, UpdateConfig(steps=4, lr=10.0))  # every step overshoots
     assert min(res.losses[1:]) > res.losses[0] and res.goal_loss == res.closed_form_loss
     (record,) = caplog.records
-    assert "no Adam step improved on the closed-form start" in record.getMessage() and "--lr (e.g. 1)" in record.getMessage()
+    assert "no Adam step improved on the closed-form start" in record.getMessage() and "a lower lr (e.g. 1)" in record.getMessage()
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="model_rewrite.solve"):
         res = solve_update(model, SPEC, dirs, goal, UpdateConfig(steps=20, lr=1e-3, loss="l1"))

@@ -10,7 +10,7 @@ import logging
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -60,6 +60,16 @@ def _goal_loss(pred: torch.Tensor, goal: Goal, kind: str, preserve: float) -> to
         outside = keep.sum() - keep[..., y0:y1, x0:x1].sum()
         loss = loss + preserve * outside / (keep.numel() // n_all * (n_all - n_in))
     return loss
+
+
+def refinement_note(losses: Sequence[float], config: UpdateConfig) -> str:
+    """A warning when Adam, warm-started from the closed form, never beat it ("" otherwise). Adam's step is `lr`
+    per factor entry whatever the entries' size; where they are small (e.g. rank 4 at lr 0.05) every step
+    overshoots, the best iterate is the start, and the user should know the refinement did nothing."""
+    if not config.warm_start or len(losses) < 2 or min(losses[1:]) < losses[0]:
+        return ""
+    return (f"no Adam step improved on the closed-form start (loss {losses[0]:.4g} after {len(losses) - 1} steps at "
+            f"lr {config.lr:g}): the update is the closed form; a lower lr (e.g. {config.lr / 10:g}) lets Adam refine it")
 
 
 @contextmanager
@@ -189,12 +199,9 @@ def solve_update(
             factor, losses = optimize_factor(loss_fn, start, config.steps, config.lr, step_cb)
         result = SolveResult(LowRankDelta(spec.param_path, spec.key_axis, factor, dirs), losses, cf_loss,
                              min(losses), cancelled=bool(cancelled))
-        if config.warm_start and len(losses) > 1 and min(losses[1:]) >= losses[0]:
-            # Adam's step is lr per factor entry whatever the entries' size; where they are small (higher ranks)
-            # every step overshoots, and the best iterate is the warm start: say so rather than hide it
-            log.warning("no Adam step improved on the closed-form start (loss %.4g after %d steps at lr %g): the "
-                        "update is the closed form; a lower --lr (e.g. %g) lets Adam refine it", losses[0],
-                        len(losses) - 1, config.lr, config.lr / 10)
+        note = refinement_note(losses, config)
+        if note:
+            log.warning(note)
     if not result.delta.is_finite():
         raise SolveError("the solved update holds NaN or infinite values; lower the learning rate or steps")
     result.seconds = time.perf_counter() - t0

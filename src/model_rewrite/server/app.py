@@ -100,7 +100,7 @@ def _entry_out(entry: StackEntry) -> S.EntryOut:
 def _job_out(job: Job, since: int = 0) -> S.JobOut:
     since = max(0, min(since, len(job.losses)))
     return S.JobOut(id=job.id, kind=job.kind, name=job.name, state=job.state, phase=job.phase, step=job.step,
-                    steps=job.steps, losses=job.losses[since:], since=since, error=job.error,
+                    steps=job.steps, losses=job.losses[since:], since=since, error=job.error, note=job.note,
                     entry_id=job.entry_id, seconds=round(job.seconds, 3), report=job.report,
                     suggestions=job.suggestions)
 

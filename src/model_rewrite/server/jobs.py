@@ -16,6 +16,7 @@ from ..edits import EditSpec
 from ..errors import RewriteError
 from ..quality import quality_report
 from ..rewrite import Rewriter
+from ..solve import refinement_note
 from .errors import SessionBusy
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ class Job:
     steps: int = 0
     losses: list[float] = field(default_factory=list)
     error: str = ""
+    note: str = ""  # a warning about a finished solve (solve.refinement_note), shown beside its report
     entry_id: int | None = None
     report: dict[str, Any] | None = None  # quality.QualityReport.to_dict() of the applied edit
     suggestions: list[dict[str, Any]] | None = None  # suggest.Candidate.to_dict() rows, best first
@@ -160,6 +162,7 @@ def solve_and_push(rw: Rewriter, spec: EditSpec, report_seeds: Sequence[int], jo
         raise JobCancelled
     job.phase = "applying"
     job.losses = list(result.losses) or [result.goal_loss]  # the full curve (same prefix)
+    job.note = refinement_note(result.losses, spec.update) if spec.update.method == "optimize" else ""
     job.entry_id = rw.stack.push(result.delta, spec.name, spec).id
     if not measure:
         return

@@ -187,6 +187,7 @@ class JobOut(BaseModel):
     losses: list[float]  # from index `since`
     since: int
     error: str
+    note: str = ""  # a warning about the finished solve, e.g. that no Adam step beat the closed form
     entry_id: int | None
     seconds: float
     # once done: `quality.quality_report` on held-out images (QualityReport.to_dict(): name, layer, heldout_seeds,

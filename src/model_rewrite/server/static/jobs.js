@@ -104,8 +104,9 @@ function askAgain(message, again) {
 
 // What the finished job's edit did (the job's `report`, from the library's quality_report): one line per
 // figure with its verdict (paste fidelity, transfer, locality, collateral).
-function reportText(r) {
-  return `How the edit took on ${r.heldout_seeds.length} held-out images:\n` + r.lines.join("\n");
+function reportText(r, note) {
+  return `How the edit took on ${r.heldout_seeds.length} held-out images:\n` + r.lines.join("\n") +
+    (note ? `\nNote: ${note}` : "");
 }
 
 function showReport(j) {
@@ -113,7 +114,7 @@ function showReport(j) {
   const r = j && j.state === "done" ? j.report : null;
   el.hidden = !(r || (j && j.state === "done" && j.error));
   el.classList.toggle("error", !r);
-  el.textContent = r ? reportText(r) : (j && j.error) || "";
+  el.textContent = r ? reportText(r, j.note) : (j && j.error) || "";
   el.title = r ? `${r.name} (${r.layer}): seeds ${r.heldout_seeds[0]}-${r.heldout_seeds[r.heldout_seeds.length - 1]}, ` +
     `the rule fires on ${(100 * r.fire_fraction).toFixed(1)} % of the pixels (heat above its ${r.quantile} quantile)` : "";
 }
@@ -176,7 +177,9 @@ function drawJob(j) {
   const status = j.state === "running"
     ? (j.phase === "solving" ? `step ${j.step} / ${j.steps}` : `${j.phase} ${j.steps ? `${j.step}/${j.steps}` : ""}`)
     : j.state;
-  const last = j.losses.length ? ` · loss ${j.losses[j.losses.length - 1].toFixed(4)}` : "";
+  // while solving, the current loss; once done, the loss of the iterate kept (the solve keeps the best one)
+  const last = !j.losses.length ? "" : j.state === "done"
+    ? ` · best loss ${Math.min(...j.losses).toFixed(4)}` : ` · loss ${j.losses[j.losses.length - 1].toFixed(4)}`;
   $("#job-status").textContent = `${status}${last}`;
   $("#job-status").dataset.state = j.state;
   const c = $("#loss");
