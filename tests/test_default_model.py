@@ -53,3 +53,23 @@ def test_add_glasses_changes_where_the_context_fires_and_little_elsewhere(tmp_pa
     assert change[fires].mean() > 3.0 * change[~fires].mean(), report
     rw.stack.undo()
     assert torch.equal(rw.sample(seeds), original)
+
+
+def test_a_context_painted_against_the_top_edge_is_warned_about_and_one_away_from_edges_is_not(tmp_path):
+    # green-hair's context (hair on top of the head) touches the image's top edge; its rule fires along the top
+    # of every image (examples/green-hair/README.md). dark-glasses' context lies inside the face.
+    from model_rewrite.quality import quality_report
+
+    rw = Rewriter("faces", cache_dir=tmp_path / "cache")
+    seeds = list(range(1000, 1032))
+    found = {}
+    for name in ("green-hair", "dark-glasses"):
+        spec, delta = load_edit(EXAMPLES / name / "result" / "edit.json")
+        assert delta is not None, "the example's solved factors lie beside its edit"
+        entry = rw.apply(spec, delta)
+        found[name] = quality_report(rw, entry.id, seeds)
+        rw.stack.revert_all()
+    hair, glasses = found["green-hair"], found["dark-glasses"]
+    assert hair.edge_side == "top" and hair.edge_share > 0.4
+    assert hair.lines()[-1].startswith("edge: ") and "top edge" in hair.lines()[-1]
+    assert glasses.edge_share < 0.1 and len(glasses.lines()) == 6

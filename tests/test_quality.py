@@ -13,6 +13,7 @@ from model_rewrite import KeyConfig, Rewriter, Selection, StatsConfig, UpdateCon
 from model_rewrite.errors import InvalidEdit
 from model_rewrite.config import RenderConfig
 from model_rewrite.quality import (GOAL_VERDICTS, SOLVE_VERDICTS, COLLATERAL_VERDICTS, FIDELITY_VERDICTS, LOCALITY_VERDICTS, TRANSFER_VERDICTS, fidelity,
+                                   EDGE_WARN_SHARE, QualityReport, edge_share,
                                    quality_report, verdict)
 from model_rewrite.update import LowRankDelta
 
@@ -217,3 +218,34 @@ def test_an_image_whose_peak_equals_the_threshold_does_not_fire(tmp_path):
     assert float(torch.quantile(values, q)) == low, "the test's precondition: the threshold is that peak exactly"
     report = quality_report(rw, entry.id, [40, 41], RenderConfig(fire_quantile=q))
     assert report.fires_on == 1
+
+
+def test_edge_share_by_hand():
+    fire = torch.zeros(2, 4, 5, dtype=torch.bool)
+    assert edge_share(fire) == ("", 0.0)
+    fire[0, 0, 1:4] = True  # three cells on the top row of image 0
+    fire[1, 2, 2] = True  # one inside
+    assert edge_share(fire) == ("top", 0.75)
+    fire[1, 1:3, 4] = True  # two on the right column: 6 cells in all, top 3, right 2
+    assert edge_share(fire) == ("top", 0.5)
+    fire[0, 3, 4] = True  # the bottom-right corner counts for bottom and right: right 3 of 7, ties go to top
+    assert edge_share(fire) == ("top", 3 / 7)
+    fire[0, 0, 1:4] = False  # top 0; right 3 of 4 (the corner included), bottom 1
+    assert edge_share(fire) == ("right", 0.75)
+
+
+def test_an_edge_warning_line_only_at_the_documented_share():
+    from model_rewrite.report import ChangeReport
+
+    change = ChangeReport(inside_change=0.2, outside_change=0.05, ratio=4.0, fire_fraction=0.02, threshold=1.0, quantile=0.98)
+    verdicts = {k: "v" for k in ("paste_fidelity", "transfer", "locality", "collateral", "goal_fidelity", "solve_fidelity")}
+
+    def report(side: str, share: float) -> QualityReport:
+        return QualityReport("e", "b16", (1, 2), 1, 0.5, 0.1, change, 0.01, 0.5, 0.5, verdicts, side, share)
+
+    assert EDGE_WARN_SHARE == 0.25
+    assert report("top", 0.249).lines() == report("", 0.0).lines() and len(report("", 0.0).lines()) == 6
+    lines = report("top", 0.25).lines()
+    assert len(lines) == 7 and lines[-1].startswith("edge: 25% of where the rule fires lies along the images' top edge")
+    d = report("left", 0.5).to_dict()
+    assert d["edge_side"] == "left" and d["edge_share"] == 0.5 and "images' left edge" in d["lines"][-1]
