@@ -73,3 +73,17 @@ def test_a_context_painted_against_the_top_edge_is_warned_about_and_one_away_fro
     assert hair.edge_side == "top" and hair.edge_share > 0.4
     assert hair.lines()[-1].startswith("edge: ") and "top edge" in hair.lines()[-1]
     assert glasses.edge_share < 0.1 and len(glasses.lines()) == 6
+
+
+def test_search_warns_when_the_context_direction_fires_along_an_edge(tmp_path, capsys):
+    found = {}
+    for name in ("green-hair", "dark-glasses"):
+        out = tmp_path / name
+        rc = main(["search", str(EXAMPLES / name / "edit.json"), "--out", str(out), "--seeds", "1000-1031", "--top", "4",
+                   "--cache-dir", str(tmp_path / "cache")])
+        assert rc == 0
+        found[name] = (json.loads((out / "matches.json").read_text()), capsys.readouterr().out)
+    (hair, hair_out), (glasses, glasses_out) = found["green-hair"], found["dark-glasses"]
+    assert hair["edge_side"] == "top" and hair["edge_share"] > 0.4
+    assert "lies along the images' top edge" in hair_out and "context's direction fires on these 32 images" in hair_out
+    assert glasses["edge_share"] < 0.1 and "edge:" not in glasses_out

@@ -110,6 +110,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from .report import fire_regions
     from .search import rank_by_heat
     from .cache import atomic_write_bytes, json_bytes
+    from .quality import edge_share, edge_warning
 
     from .outdir import check_output_folder, staged_folder
 
@@ -128,15 +129,20 @@ def cmd_search(args: argparse.Namespace) -> int:
     order, scores = rank_by_heat(heats)
     top = order[: args.top]
     regions, th = fire_regions(heats, rw.info.resolution, render_cfg.fire_quantile)
+    side, share = edge_share(heats > th)
     imgs = to_uint8(rw.sample([seeds[i] for i in top.tolist()]))
     ranking = [{"seed": seeds[i], "score": float(s)} for i, s in zip(order.tolist(), scores.tolist())]
     ranked_by = "query" if spec.query is not None else "context"
     with staged_folder(out) as tmp:  # `out` is replaced as a whole, as the last step
         save_png(image_grid([overlay(imgs, regions[top])], scale=args.scale), tmp / "matches.png")
         atomic_write_bytes(tmp / "matches.json", json_bytes({"layer": spec.layer, "ranked_by": ranked_by,
-                                                              "latents": rw.latent_scheme, "threshold": th, "ranking": ranking}))
+                                                              "latents": rw.latent_scheme, "threshold": th,
+                                                              "edge_side": side, "edge_share": share, "ranking": ranking}))
     for r in ranking[: args.top]:
         print(f"seed {r['seed']:>6}  score {r['score']:.4f}")
+    warning = edge_warning(side, share, f"the {ranked_by}'s direction fires on these {len(seeds)} images")
+    if warning:
+        print(warning)
     print(f"wrote {out}/matches.png and {out}/matches.json (ranked by the {ranked_by}'s direction)")
     return 0
 

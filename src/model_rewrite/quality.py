@@ -108,11 +108,8 @@ class QualityReport:
 
     def warnings(self) -> list[str]:
         """Lines about what the figures above do not show: the rule firing along an edge of the images."""
-        if self.edge_share < EDGE_WARN_SHARE:
-            return []
-        return [f"edge: {100 * self.edge_share:.0f}% of where the rule fires lies along the images' {self.edge_side} "
-                f"edge: the context's direction has picked up the edge itself (a context painted against the edge "
-                f"does this); paint the context away from the edge"]
+        warning = edge_warning(self.edge_side, self.edge_share)
+        return [warning] if warning else []
 
 
 def verdict(value: float | None, table: tuple, higher_is_better: bool = True) -> str:
@@ -147,6 +144,15 @@ def edge_share(fire: torch.Tensor) -> tuple[str, float]:
     sides = {"top": fire[:, 0, :], "bottom": fire[:, -1, :], "left": fire[:, :, 0], "right": fire[:, :, -1]}
     side = max(sides, key=lambda s: int(sides[s].sum()))  # ties: the first in this order
     return side, int(sides[side].sum()) / total
+
+
+def edge_warning(side: str, share: float, what: str = "the rule fires") -> str:
+    """The warning line for `edge_share`'s result ("" below `EDGE_WARN_SHARE`), for reports and search."""
+    if share < EDGE_WARN_SHARE:
+        return ""
+    return (f"edge: {100 * share:.0f}% of where {what} lies along the images' {side} edge: the context's direction "
+            f"has picked up the edge itself (a context painted against the edge does this); paint the context away "
+            f"from the edge")
 
 
 def _peak(heat: torch.Tensor, resolution: int) -> tuple[float, float]:
