@@ -11,6 +11,7 @@ as workflow-<state>-<width>.png.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import os
 import re
 
@@ -586,3 +587,30 @@ def test_a_refinement_that_did_nothing_is_said_under_the_report(page):
     # the header gives the loss of the update kept (the best iterate, here the start), not the last step's
     assert pg.inner_text("#job-status") == f"done · best loss {min(job['losses']):.4f}"
     shots(pg, "11-refinement-note")
+
+
+def test_a_search_whose_direction_fires_along_an_edge_is_warned_about(page):
+    # green-hair's context (hair on top of the head) touches the top edge; its direction fires along it
+    pg = page
+    pg.click("#guide-close")
+    pg.uncheck("#live")
+    edit = (Path(__file__).resolve().parents[1] / "examples" / "green-hair" / "edit.json").read_bytes()
+    pg.set_input_files("#import", files=[{"name": "green-hair.json", "mimeType": "application/json", "buffer": edit}])
+    pg.wait_for_function("() => document.querySelector('#message').textContent.startsWith('imported green-hair')")
+    before = pg.get_attribute("#gallery", "data-state")
+    pg.click('#saved-list button.load[data-name="green-hair"]')  # the draft takes its selections (and it is applied)
+    pg.wait_for_function("() => document.querySelectorAll('#context-tray .tray-item').length === 5")
+    wait_job(pg)
+    assert pg.input_value("#layer") == "b64"
+    pg.fill("#search-seeds", "1000-1031")
+    pg.click("#search")
+    pg.wait_for_function("() => document.querySelectorAll('#search-results .tray-item').length === 12")
+    pg.wait_for_selector("#message.error")
+    text = pg.inner_text("#message")
+    assert text.startswith("Warning: edge: ") and "top edge" in text and "best 12 of 32 images" in text, text
+    # the context tray shows every context image (drawn, not blank), though the load's job held the model
+    pg.wait_for_function("(s) => document.querySelector('#gallery').dataset.state !== s", arg=before)
+    pg.wait_for_function("() => [...document.querySelectorAll('#context-tray canvas.thumb')].every((c) => {"
+                         " const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+                         " for (let i = 0; i < d.length; i += 4) if (d[i + 3] > 0) return true; return false; })")
+    shots(pg, "12-edge-warning")

@@ -87,3 +87,25 @@ def test_search_warns_when_the_context_direction_fires_along_an_edge(tmp_path, c
     assert hair["edge_side"] == "top" and hair["edge_share"] > 0.4
     assert "lies along the images' top edge" in hair_out and "context's direction fires on these 32 images" in hair_out
     assert glasses["edge_share"] < 0.1 and "edge:" not in glasses_out
+
+
+def test_the_web_search_warns_when_the_context_direction_fires_along_an_edge(tmp_path):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+    from model_rewrite.server.app import create_app
+    from model_rewrite.server.session import EditSession
+
+    session = EditSession(Rewriter("faces", cache_dir=tmp_path / "cache"), edits_dir=tmp_path / "edits")
+    found = {}
+    with TestClient(create_app(session), base_url="http://127.0.0.1", headers={"Content-Type": "application/json"}) as c:
+        for name in ("green-hair", "dark-glasses"):
+            edit = json.loads((EXAMPLES / name / "edit.json").read_text())
+            r = c.post("/api/search", json={"layer": edit["layer"], "context": edit["context"], "seeds": "1000-1031",
+                                            "top_k": 4})
+            assert r.status_code == 200, r.text
+            found[name] = r.json()["warning"]
+    assert "lies along the images' top edge" in found["green-hair"] and "32 searched images" in found["green-hair"]
+    assert found["dark-glasses"] == ""

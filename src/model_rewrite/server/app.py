@@ -191,11 +191,11 @@ def create_app(session: EditSession, host: str | None = None, hosts: Sequence[st
         candidates = parse_seeds(body.seeds, limit=S.MAX_SEARCH)
         _check_masks(session, [s.mask for s in body.context])
         context = [_selection(session, s, f"context[{i}]") for i, s in enumerate(body.context)]
-        state, threshold, best = session.search(body.layer, context, *_direction_configs(body), candidates, body.top_k,
-                                                body.quantile)
+        state, threshold, best, warning = session.search(body.layer, context, *_direction_configs(body), candidates,
+                                                         body.top_k, body.quantile)
         return S.SearchOut(matches=[S.Match(seed=s, score=v, url=_image_url(state, s), overlay=data_url(png), mask=data_url(mask),
                                             fraction=f) for s, v, png, mask, f in best],
-                           searched=len(candidates), threshold=threshold, quantile=body.quantile)
+                           searched=len(candidates), threshold=threshold, quantile=body.quantile, warning=warning)
 
     @app.post("/api/spectrum", response_model=S.SpectrumOut)
     def spectrum(body: S.ContextIn) -> S.SpectrumOut:

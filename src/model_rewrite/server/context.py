@@ -17,6 +17,7 @@ import torch
 from ..config import KeyConfig, StatsConfig
 from ..edits import Selection
 from ..masks import png_bytes_from_mask
+from ..quality import edge_share, edge_warning
 from ..rewrite import Rewriter
 from ..search import fire_threshold, key_maps, rank_by_heat
 from .rendering import Renderer, match_overlays
@@ -72,9 +73,11 @@ class ContextFinder:
         return fire_threshold(self._ref_heat[key], quantile)
 
     def search(self, layer: str, context: Sequence[Selection], keys: KeyConfig, stats: StatsConfig, seeds: Sequence[int],
-               top_k: int, quantile: float) -> tuple[str, float, list[Found]]:
+               top_k: int, quantile: float) -> tuple[str, float, list[Found], str]:
         """The `top_k` of `seeds` whose max heat along the first context direction is highest, rendered, with
-        where each fires; returns (weights state, threshold, [(seed, score, overlay, firing mask, fraction)])."""
+        where each fires; returns (weights state, threshold, [(seed, score, overlay, firing mask, fraction)],
+        warning), the warning `quality.edge_warning`'s when the direction fires along one edge of the searched
+        images ("" otherwise)."""
         with self.lock.held():
             self.rw.spec(layer)  # LayerNotFound names the choices
             key, dirs = self._directions(layer, context, keys, stats)
@@ -86,7 +89,8 @@ class ContextFinder:
             state = self.renderer.state()
             imgs = np.stack(self.renderer.render_held(state, [s for s, _ in best])) if best else None
         items = match_overlays(imgs, heats[top], threshold) if best else []
-        return state, threshold, [(s, v, *item) for (s, v), item in zip(best, items)]
+        warning = edge_warning(*edge_share(heats > threshold), f"the direction fires on the {len(seeds)} searched images")
+        return state, threshold, [(s, v, *item) for (s, v), item in zip(best, items)], warning
 
     def matches(self, layer: str, context: Sequence[Selection], keys: KeyConfig, stats: StatsConfig, seeds: Sequence[int],
                 quantile: float, which: str = "edited") -> tuple[float, list[tuple[int, bytes, float]]]:

@@ -276,6 +276,7 @@ class SearchOut(BaseModel):
     searched: int
     threshold: float  # heat above which a location fires: `quantile` of the heat on the fixed reference images
     quantile: float
+    warning: str = ""  # e.g. the direction fires along one edge of the searched images (quality.edge_warning)
 
 
 class Overlay(BaseModel):

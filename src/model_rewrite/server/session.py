@@ -145,9 +145,9 @@ class EditSession:
         return out
 
     def search(self, layer: str, context: Sequence[Selection], keys: KeyConfig, stats: StatsConfig, seeds: Sequence[int],
-               top_k: int, quantile: float = 0.98) -> tuple[str, float, list[tuple[int, float, bytes, bytes, float]]]:
+               top_k: int, quantile: float = 0.98) -> tuple[str, float, list[tuple[int, float, bytes, bytes, float]], str]:
         """The `top_k` of `seeds` whose max heat along the first context direction is highest, with where each
-        fires (above the `quantile` of the heat on the fixed reference images)."""
+        fires (above the `quantile` of the heat on the fixed reference images), and a warning ("" if none)."""
         context = [self.check_selection(s, f"context[{i}]") for i, s in enumerate(context)]
         return self.context.search(layer, context, keys, stats, seeds, top_k, quantile)
 

@@ -58,6 +58,16 @@ function imageUrl(seed) {
   return hit ? hit.edited : `/api/images/${g ? g.state : "none"}/${seed}.png`;
 }
 
+// The tray's pictures under the weights the gallery now shows: a picture asked for while a job held the model
+// (loading a saved edit solves it) or under weights since replaced would otherwise stay blank.
+function refreshTrayThumbs() {
+  for (const item of $$("#context-tray .tray-item")) {
+    const seed = Number(item.dataset.seed);
+    const old = item.querySelector("canvas.thumb");
+    if (old) old.replaceWith(thumb(app.draft.context.get(seed), imageUrl(seed), `context on seed ${seed}`));
+  }
+}
+
 function renderTray() {
   const tray = $("#context-tray");
   tray.textContent = "";
@@ -172,8 +182,10 @@ async function search() {
     root.appendChild(item);
   }
   $("#show-results").hidden = !out.matches.length;
-  say(`best ${out.matches.length} of ${out.searched} images by the ${by === "context" ? "context" : by + " region"}'s ` +
-    `direction; amber: where each fires (above ${out.threshold.toFixed(3)}, the ${out.quantile} quantile on the reference images)`);
+  const found = `best ${out.matches.length} of ${out.searched} images by the ${by === "context" ? "context" : by + " region"}'s ` +
+    `direction; amber: where each fires (above ${out.threshold.toFixed(3)}, the ${out.quantile} quantile on the reference images)`;
+  // a warning goes first: the message line is cut at the window's width (its title holds the whole text)
+  if (out.warning) say(`Warning: ${out.warning}. ${found}`, "error"); else say(found);
 }
 
 async function addToContext(m) {

@@ -35,7 +35,7 @@ async function loadGallery() {
   app.gallery = g;
   app.page = g.page;
   app.shownSeeds = asked;
-  if (stateChanged) { app.live = null; app.matches = null; }
+  if (stateChanged) { app.live = null; app.matches = null; refreshTrayThumbs(); }
   $("#page-info").textContent = `page ${g.page + 1} / ${g.pages} · ${g.total} images`;
   $("#prev").disabled = g.page === 0;
   $("#next").disabled = g.page >= g.pages - 1;
