@@ -416,3 +416,13 @@ def test_a_refinement_that_never_beats_the_closed_form_says_so(caplog):
         res = solve_update(model, SPEC, dirs, goal, UpdateConfig(steps=20, lr=1e-3, loss="l1"))
     assert min(res.losses[1:]) < res.losses[0]  # the L1 objective improves on the least-squares start
     assert caplog.records == []
+
+
+def test_the_refinement_note_speaks_only_of_a_warm_started_adam_refinement():
+    from model_rewrite.solve import refinement_note
+
+    flat = [1.0, 1.5, 2.0]  # no step below the start
+    assert refinement_note(flat, UpdateConfig()).startswith("no Adam step improved")
+    assert refinement_note(flat, UpdateConfig(method="reference")) == ""  # the authors' algorithm starts from W0
+    assert refinement_note(flat, UpdateConfig(warm_start=False)) == ""
+    assert refinement_note([1.0, 0.9], UpdateConfig()) == "" and refinement_note([1.0], UpdateConfig()) == ""

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Sequence
 
 from .cli_flags import (OneLineParser, add_common, add_config_flags, add_edit_config_flags, adopt_latents,
-                        check_heat_direction, config_from_flags, input_files, int_in, load_edit_for, load_edits_for, rewriter_from_args, seeds_from_args, with_flags)
+                        check_heat_direction, config_from_flags, input_files, int_in, load_edit_for, load_edits_for,
+                        rewriter_from_args, seeds_from_args, with_flags)
 from .cli_paper import add_paper_commands
 from .cli_quality import add_quality_commands
 from .config import KeyConfig, RenderConfig, StatsConfig

@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .cli_flags import (add_common, add_config_flags, add_edit_config_flags, adopt_latents, config_from_flags, input_files, load_edit_for,
-                        rewriter_from_args, seeds_from_args, with_flags)
+from .cli_flags import (add_common, add_config_flags, add_edit_config_flags, adopt_latents, config_from_flags,
+                        input_files, load_edit_for, rewriter_from_args, seeds_from_args, with_flags)
 from .config import MAX_RANK, RenderConfig, StatsConfig, UpdateConfig
 from .errors import RewriteError
 

@@ -67,7 +67,7 @@ def refinement_note(losses: Sequence[float], config: UpdateConfig) -> str:
     factor entry by about `lr` a step; where the closed form sits in a narrow valley of the loss, every step
     overshoots (examples/close-mouth at rank 4 and lr 0.05, whose factor entries are no smaller than at rank 1),
     the best iterate is the start, and the user should know the refinement did nothing."""
-    if not config.warm_start or len(losses) < 2 or min(losses[1:]) < losses[0]:
+    if config.method != "optimize" or not config.warm_start or len(losses) < 2 or min(losses[1:]) < losses[0]:
         return ""
     return (f"no Adam step improved on the closed-form start (loss {losses[0]:.4g} after {len(losses) - 1} steps at "
             f"lr {config.lr:g}): the update is the closed form; a lower lr (e.g. {config.lr / 10:g}) lets Adam refine it")

@@ -162,7 +162,7 @@ def solve_and_push(rw: Rewriter, spec: EditSpec, report_seeds: Sequence[int], jo
         raise JobCancelled
     job.phase = "applying"
     job.losses = list(result.losses) or [result.goal_loss]  # the full curve (same prefix)
-    job.note = refinement_note(result.losses, spec.update) if spec.update.method == "optimize" else ""
+    job.note = refinement_note(result.losses, spec.update)
     job.entry_id = rw.stack.push(result.delta, spec.name, spec).id
     if not measure:
         return

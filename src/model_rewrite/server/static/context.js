@@ -60,22 +60,26 @@ function imageUrl(seed) {
 
 // The tray's pictures under the weights the gallery now shows: a picture asked for while a job held the model
 // (loading a saved edit solves it) or under weights since replaced would otherwise stay blank.
+function trayThumb(seed) {
+  return thumb(app.draft.context.get(seed), imageUrl(seed), `context on seed ${seed}`);
+}
+
 function refreshTrayThumbs() {
   for (const item of $$("#context-tray .tray-item")) {
     const seed = Number(item.dataset.seed);
     const old = item.querySelector("canvas.thumb");
-    if (old) old.replaceWith(thumb(app.draft.context.get(seed), imageUrl(seed), `context on seed ${seed}`));
+    if (old) old.replaceWith(trayThumb(seed));
   }
 }
 
 function renderTray() {
   const tray = $("#context-tray");
   tray.textContent = "";
-  for (const [seed, mask] of app.draft.context) {
+  for (const seed of app.draft.context.keys()) {
     const item = document.createElement("div");
     item.className = "tray-item";
     item.dataset.seed = seed;
-    item.appendChild(thumb(mask, imageUrl(seed), `context on seed ${seed}`));
+    item.appendChild(trayThumb(seed));
     const label = document.createElement("span");
     label.textContent = seed;
     const rm = document.createElement("button");
