@@ -333,6 +333,11 @@ def test_duplicates_are_asked_about_names_stay_unique_and_the_stack_saves_and_lo
     pg.wait_for_function("() => document.querySelectorAll('#history li:not(.undone)').length === 2")
     names = history_names(pg)
     assert names[0] == first and names[1] == f"{first} (2)" and len(set(names)) == 2
+    # the same context twice: the report ends with the overlap warning
+    pg.wait_for_selector("#edit-report:not([hidden])")
+    last = pg.inner_text("#edit-report").splitlines()[-1]
+    assert last.startswith(f"Note: overlap: '{first}' and '{first} (2)' respond to the same keys") and "(overlap 1.00" in last
+    shots(pg, "05-overlap-note")
     # save: the choices say what is saved; the whole stack is one file
     options = pg.eval_on_selector_all("#save-what option", "els => els.map(e => [e.value, e.textContent])")
     assert options[0] == ["stack", "the whole stack (2 edits, in order)"] and any(v == "last" for v, _ in options)
@@ -358,6 +363,10 @@ def test_duplicates_are_asked_about_names_stay_unique_and_the_stack_saves_and_lo
     pg.click('#saved-list button.load[data-name="two-eyes"]')
     pg.wait_for_function("() => document.querySelectorAll('#history li:not(.undone)').length === 2")
     assert "stack two-eyes: 2 edits applied" in pg.inner_text("#message")
+    pg.wait_for_selector("#edit-report:not([hidden])")
+    report = pg.inner_text("#edit-report").splitlines()
+    assert report == ["two-eyes was applied with its saved factors (not measured):", last], "it warns as its edits did"
+    shots(pg, "06-stack-loaded-warning")
     pg.wait_for_function("() => /-e\\d+_\\d+$/.test(document.querySelector('#gallery').dataset.state)")
     state = pg.get_attribute("#gallery", "data-state")
     for s, png in edited.items():

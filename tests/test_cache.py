@@ -19,6 +19,19 @@ def test_stats_are_cached_and_reused(tmp_path):
     assert len(list((tmp_path / "stats").glob("*.safetensors"))) == 2
 
 
+
+def test_known_stats_never_computes(tmp_path):
+    rw = Rewriter("tiny", cache_dir=tmp_path)
+    cfg = StatsConfig(num_samples=20)
+    assert rw.known_stats("b16", cfg) is None and not (tmp_path / "stats").exists()
+    a = rw.stats("b16", cfg)
+    assert rw.known_stats("b16", cfg) is a  # from memory
+    fresh = Rewriter("tiny", cache_dir=tmp_path)
+    assert torch.equal(fresh.known_stats("b16", cfg).moment, a.moment)  # from the disk cache
+    assert fresh.known_stats("b16", StatsConfig(num_samples=21)) is None
+    assert len(list((tmp_path / "stats").glob("*.safetensors"))) == 1
+
+
 def test_corrupt_cache_is_detected_and_recomputed(tmp_path, caplog):
     rw = Rewriter("tiny", cache_dir=tmp_path)
     cfg = StatsConfig(num_samples=20)

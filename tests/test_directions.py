@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from model_rewrite.directions import key_directions, solve_cov, zca_whitener
+from model_rewrite.directions import key_directions, response_overlap, solve_cov, zca_whitener
 
 
 def _cov(dim: int, seed: int = 0) -> torch.Tensor:
@@ -160,3 +160,40 @@ def test_bad_inputs_are_refused_with_their_shapes():
         key_directions(torch.ones(2, 3), torch.ones(3), torch.eye(3))
     with pytest.raises(ValueError, match="^no key has positive weight: the context selection is empty$"):
         key_directions(torch.ones(2, 3), torch.zeros(2), torch.eye(3))
+
+
+# --- response_overlap: how much two rules respond to the same keys ----------------------------------------------
+
+def test_response_overlap_is_the_top_canonical_correlation_of_the_responses_over_keys():
+    # independent route: the responses of real keys, their (uncentred) orthonormal bases by QR, and the largest
+    # singular value of Qa^T Qb; the code under test sees only the second moment K^T K / N
+    rng = np.random.default_rng(0)
+    mix = rng.normal(size=(10, 10))
+    keys = rng.normal(size=(5000, 10)) @ mix  # correlated channels
+    cov = keys.T @ keys / len(keys)
+    a, b = rng.normal(size=(1, 10)), rng.normal(size=(3, 10))
+    b[0] += 3 * a[0]  # so that b shares some of a's response
+    qa, _ = np.linalg.qr(keys @ a.T)
+    qb, _ = np.linalg.qr(keys @ b.T)
+    want = np.linalg.svd(qa.T @ qb, compute_uv=False).max()
+    got = response_overlap(torch.from_numpy(a), torch.from_numpy(b), torch.from_numpy(cov))
+    assert 0.3 < want < 0.99 and got == pytest.approx(want, abs=1e-9)
+    # symmetric, and blind to the basis a rule's directions are written in
+    mixed = torch.from_numpy(rng.normal(size=(3, 3)) @ b)
+    assert response_overlap(torch.from_numpy(b), torch.from_numpy(a), torch.from_numpy(cov)) == pytest.approx(got, abs=1e-9)
+    assert response_overlap(torch.from_numpy(a), mixed, torch.from_numpy(cov)) == pytest.approx(got, abs=1e-9)
+
+
+def test_response_overlap_by_hand():
+    eye = torch.eye(3, dtype=torch.float64)
+    e1, e2, e3 = eye[:1], eye[1:2], eye[2:]
+    assert response_overlap(e1, e2, eye) == pytest.approx(0.0, abs=1e-12)
+    assert response_overlap(e1, torch.cat([e2, e1 + e2]), eye) == pytest.approx(1.0)  # b's span holds e1
+    # single directions: |a C b| / sqrt(a C a b C b), with C = [[2, -1], [-1, 2]] and an idle third channel
+    cov = torch.tensor([[2.0, -1.0, 0.0], [-1.0, 2.0, 0.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    assert response_overlap(e1, e2, cov) == pytest.approx(0.5)  # |-1| / sqrt(2 * 2): a negative correlation counts
+    assert response_overlap(e1, e1 + e2, cov) == pytest.approx(1 / np.sqrt(2 * 2))  # (2 - 1) / sqrt(2 * (2 - 2 + 2))
+    assert response_overlap(e1, 3 * e1 - e2, cov) == pytest.approx(7 / np.sqrt(2 * 26))  # (6+1) / sqrt(2 * (18+6+2))
+    # a direction no key responds to (channel 3 never carries anything) adds nothing and alone gives 0
+    assert response_overlap(e1, e3, cov) == 0.0
+    assert response_overlap(e1, torch.cat([e3, e2]), cov) == pytest.approx(0.5)

@@ -5,6 +5,8 @@ than stacked; undo, redo and member removal are exact to the bit."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,6 +15,7 @@ from helpers import box_mask
 
 from model_rewrite import KeyConfig, Rewriter, Selection, StatsConfig, UpdateConfig
 from model_rewrite.errors import InvalidEdit
+from model_rewrite.interference import Overlap, batch_overlaps, stack_overlaps
 from model_rewrite.joint import joint_directions
 from model_rewrite.latents import latent_from_seed
 from model_rewrite.layers import LayerSpec
@@ -200,6 +203,31 @@ def test_overlapping_rules_meet_their_goals_better_jointly_than_stacked(tmp_path
     stacked = [_block_loss(rw, seed, g, cfg.preserve) for seed, g in goals]
     assert entries[0].delta.rank == rank
     assert joint[0] < stacked[0] and joint[1] < stacked[1], (joint, stacked)
+
+
+def test_overlaps_find_the_rules_that_share_keys(tmp_path):
+    # SplitKeys: a and b sit on images whose keys live in separate channels, so no mix of their responses is
+    # correlated (0); a2 takes its context from a's paste region at rank 1, a direction inside a's rank-2 span (1)
+    rw = Rewriter(SplitKeys(), cache_dir=tmp_path / "c")
+    a, b = _split_rules(rw, UpdateConfig(method="closed_form"))
+    a2 = replace(a, copy=Selection(_seeds(1, 3)[2], box_mask(8, 0, 3, 0, 3)), keys=KeyConfig(rank=1), name="a2")
+    found = {(o.a, o.b): o for o in batch_overlaps(rw, [a, b, a2])}
+    assert list(found) == [("a", "b"), ("a", "a2"), ("b", "a2")]
+    assert found["a", "b"].value < 1e-6 and found["b", "a2"].value < 1e-6
+    assert found["a", "a2"].value == pytest.approx(1.0, abs=1e-6)
+    assert [o.warns for o in found.values()] == [False, True, False]
+    text = found["a", "a2"].warning(joint=True)
+    assert text.startswith("overlap: 'a' and 'a2' respond to the same keys at draw (overlap 1.00") and "solved together" in text
+    # stacked: a2 against what is active before it, each member of a joint entry apart
+    rw.apply_many([a, b])
+    entry = rw.apply(a2)
+    got = [(o.a, o.b, o.value) for o in stack_overlaps(rw, entry.id)]
+    assert [g[:2] for g in got] == [("a", "a2"), ("b", "a2")]
+    assert got[0][2] == pytest.approx(1.0, abs=1e-6) and got[1][2] < 1e-6
+    assert "stacked" in Overlap("a", "a2", "draw", got[0][2]).warning(joint=False)
+    rw.stack.undo()
+    rw.stack.undo()
+    assert stack_overlaps(rw, rw.apply(b).id) == []  # nothing before it
 
 
 def test_undo_redo_and_member_removal_are_exact(tmp_path):

@@ -90,7 +90,7 @@ def test_bad_multi_edit_files_are_refused_in_one_line(tmp_path, batch, case, err
                  "--cache-dir", str(tmp_path / "c")]) == 2
 
 
-def test_apply_joint_writes_the_batch_and_the_interference_table(tmp_path, batch, capsys):
+def test_apply_joint_writes_the_batch_and_the_interference_table(tmp_path, batch, capsys, caplog):
     rw, edits = batch
     paths = [save_edit(tmp_path / f"{e.name}.json", e) for e in edits[::2]]  # a and b, both at b16
     out = tmp_path / "out"
@@ -102,6 +102,17 @@ def test_apply_joint_writes_the_batch_and_the_interference_table(tmp_path, batch
     rows = report["interference"]
     assert [(r["name"], r["setting"]) for r in rows] == [(n, s) for n in ("a", "b") for s in ("alone", "joint", "sequential")]
     assert all(isinstance(r["paste_fidelity"], float) and r["collateral"] >= 0 for r in rows)
+    # the rules' overlap, against the single-direction formula |a C b| / sqrt(a C a  b C b) in float64
+    da, db = (rw.edit_directions(e).to(torch.float64)[0] for e in edits[::2])
+    cov = rw.stats("b16", edits[0].stats).moment.to(torch.float64)
+    want = float(abs(da @ cov @ db) / torch.sqrt((da @ cov @ da) * (db @ cov @ db)))
+    (o,) = report["overlaps"]
+    assert o["rules"] == ["a", "b"] and o["layer"] == "b16" and o["overlap"] == pytest.approx(want, abs=1e-9)
+    assert o["warns"] == (want >= 0.1) and (("overlap: 'a' and 'b'" in caplog.text) == o["warns"])
+    # stacked (no --joint): the second edit's overlap with the first
+    assert main(["apply", *map(str, paths), "--out", str(tmp_path / "seq"), *args]) == 0
+    seq = json.loads((tmp_path / "seq" / "report.json").read_text())["edits"]
+    assert seq[0]["overlaps"] == [] and seq[1]["overlaps"][0]["overlap"] == pytest.approx(want, abs=1e-9)
     # the written batch applies again without solving, to the same weights
     assert main(["apply", str(out / "joint.json"), "--out", str(tmp_path / "again"), "--no-interference", *args]) == 0
     again = json.loads((tmp_path / "again" / "report.json").read_text())

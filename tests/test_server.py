@@ -290,6 +290,17 @@ def test_a_solve_whose_refinement_never_beat_the_closed_form_says_so(client, ses
     assert client.post("/api/history/revert").status_code == 200
 
 
+def test_an_edit_whose_context_overlaps_an_earlier_one_says_so(client, session):
+    first = run_edit(client, edit_body(lr=1e-3))
+    assert first["note"] == ""  # nothing before it
+    # the same context with another copy: its direction is the first's (overlap 1)
+    body = edit_body(lr=1e-3) | {"name": "second", "copy": sel(3, COPY)}
+    second = run_edit(client, body)
+    (line,) = second["note"].splitlines()
+    assert line.startswith("overlap: 'test edit' and 'second' respond to the same keys at ") and "(overlap 1.00" in line
+    assert client.post("/api/history/revert").status_code == 200
+
+
 def overlay_regions(overlay: np.ndarray, image: np.ndarray, cell: int) -> np.ndarray:
     """Where a /api/matches overlay marks its image (H, W, 3) as firing, by key-grid cells of `cell` pixels:
     a firing cell is kept as is (its edge drawn in the match colour), the others are dimmed to 45 %."""

@@ -2,13 +2,15 @@
 
 For every pair of rules: each rule's exact success when the pair is solved jointly (`Rewriter.apply_many`) and
 stacked (the second solved against the weights the first left), as a fraction of its success alone; and the
-response correlation of the two rules' context directions over the layer's keys,
+overlap of the two rules' context directions over the layer's keys (`directions.response_overlap`, what
+`apply` warns about from `interference.OVERLAP_WARN`): for single directions
 
-    rho_ij = d_i^T C d_j / sqrt(d_i^T C d_i  d_j^T C d_j)       (C: the layer's key second moment)
+    overlap_ij = |d_i^T C d_j| / sqrt(d_i^T C d_i  d_j^T C d_j)       (C: the layer's key second moment),
 
-(the uncentred correlation of the two rules' responses d.k over the keys the layer sees: 1 when one rule fires
-exactly where the other does). A rank-r change along the stacked directions can only tell two rules' contexts
-apart along what their directions do not share; this table shows where that runs out.
+the uncentred correlation of the two rules' responses d.k over the keys the layer sees (1 when one rule fires
+exactly where the other does); for rank r, the largest canonical correlation of the two rules' responses.
+A rank-r change along the stacked directions can only tell two rules' contexts apart along what their
+directions do not share; this table shows where that runs out.
 `--rank` sets every rule's rank (alone and together); `--ridge` the closed form's relative ridge.
 
     nice -n 10 python benchmarks/world/bench_rule_pairs.py                      # closed form, rank 1, 300 seeds
@@ -30,17 +32,10 @@ import torch
 from bench_many_rules import RULES, prepare_rule
 from bench_world import DEFAULT_MODEL, EVAL_SEED0, POOL_SEED0, ROOT, _git_commit, measure
 from model_rewrite.config import StatsConfig, UpdateConfig
+from model_rewrite.directions import response_overlap
 from model_rewrite.render import to_uint8
 from model_rewrite.rewrite import Rewriter
 from world import labels_from_image
-
-
-def response_correlation(dirs: torch.Tensor, moment: torch.Tensor) -> torch.Tensor:
-    """(n, n) rho_ij of the rows of dirs (n, C) under the key second moment (C, C), in float64."""
-    d = dirs.to(torch.float64)
-    g = d @ moment.to(torch.float64) @ d.T
-    s = g.diagonal().clamp_min(1e-300).sqrt()
-    return g / s[:, None] / s[None, :]
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -68,7 +63,7 @@ def run(args: argparse.Namespace) -> dict:
     for i, e in enumerate(edits):
         rw.apply(e)
         alone |= success([i])
-    rho = response_correlation(torch.cat([rw.edit_directions(e)[:1] for e in edits]), moment)
+    dirs = [rw.edit_directions(e) for e in edits]
     pairs = []
     for i, j in itertools.combinations(range(len(edits)), 2):
         rw.apply_many([edits[i], edits[j]])
@@ -77,7 +72,7 @@ def run(args: argparse.Namespace) -> dict:
         rw.apply(edits[j])
         seq = success([i, j])
         ratio = lambda r, n: r[n] / alone[n] if alone[n] > 0 else float("nan")  # noqa: E731
-        pairs.append({"rules": [names[i], names[j]], "rho": float(rho[i, j]),
+        pairs.append({"rules": [names[i], names[j]], "overlap": response_overlap(dirs[i], dirs[j], moment),
                       "joint_over_alone": [ratio(joint, names[i]), ratio(joint, names[j])],
                       "sequential_over_alone": [ratio(seq, names[i]), ratio(seq, names[j])]})
         print(pairs[-1], flush=True)
@@ -85,7 +80,7 @@ def run(args: argparse.Namespace) -> dict:
                      "layer": args.layer, "rank": args.rank, "ridge": args.ridge, "n_eval": args.seeds,
                      "n_context": args.contexts, "commit": _git_commit(), "torch": torch.__version__,
                      "seconds": round(time.perf_counter() - t_all, 1)},
-            "alone": alone, "rho": rho.tolist(), "names": names, "pairs": pairs}
+            "alone": alone, "names": names, "pairs": pairs}
 
 
 def markdown(res: dict) -> str:
@@ -93,12 +88,12 @@ def markdown(res: dict) -> str:
     out = [f"Layer `{m['layer']}`, closed form, rank {m['rank']} per rule, ridge {m['ridge']}, {m['n_eval']} held-out seeds, "
            f"{m['n_context']} context examples per rule; commit {m['commit']}.", "",
            "Success alone: " + ", ".join(f"{n} {v:.3f}" for n, v in res["alone"].items()), "",
-           "| rule A | rule B | rho | A joint / alone | B joint / alone | A stacked / alone | B stacked / alone |",
+           "| rule A | rule B | overlap | A joint / alone | B joint / alone | A stacked / alone | B stacked / alone |",
            "| --- | --- | --- | --- | --- | --- | --- |"]
-    for p in sorted(res["pairs"], key=lambda p: -abs(p["rho"])):
+    for p in sorted(res["pairs"], key=lambda p: -p["overlap"]):
         (a, b), (ja, jb), (sa, sb) = p["rules"], p["joint_over_alone"], p["sequential_over_alone"]
         flag = lambda v: f"**{v:.2f}**" if v < 0.9 else f"{v:.2f}"  # noqa: E731
-        out.append(f"| {a} | {b} | {p['rho']:.2f} | {flag(ja)} | {flag(jb)} | {flag(sa)} | {flag(sb)} |")
+        out.append(f"| {a} | {b} | {p['overlap']:.2f} | {flag(ja)} | {flag(jb)} | {flag(sa)} | {flag(sb)} |")
     return "\n".join(out) + "\n"
 
 

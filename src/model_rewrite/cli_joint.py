@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ from .cli_flags import config_from_flags, load_edits_for, seeds_from_args, with_
 from .run_edits import Progress
 from .config import RenderConfig
 from .edits import EditSpec, read_edit_json
+
+log = logging.getLogger("model_rewrite")
 
 
 def wants_joint(args: argparse.Namespace) -> bool:
@@ -55,7 +58,7 @@ def apply_joint(rw: Any, paths: list[Path], out: Path, args: argparse.Namespace)
     from .cache import atomic_write_bytes
     from .distributed import is_main
     from .export import export_model
-    from .interference import interference_table, measure_interference
+    from .interference import batch_overlaps, interference_table, measure_interference
     from .multiedit import save_multi_edit
     from .render import image_grid, save_png, to_uint8
 
@@ -68,6 +71,10 @@ def apply_joint(rw: Any, paths: list[Path], out: Path, args: argparse.Namespace)
             rw.stats(layer, next(e.stats for e in edits if e.layer == layer), progress=bar)
         finally:
             bar.close()
+    found = batch_overlaps(rw, edits)
+    for o in found:
+        if o.warns and is_main():
+            log.warning(o.warning(joint=True))
     t0 = time.perf_counter()
     results = solved if solved is not None else rw.solve_many(edits)
     solve_seconds = time.perf_counter() - t0
@@ -89,7 +96,7 @@ def apply_joint(rw: Any, paths: list[Path], out: Path, args: argparse.Namespace)
                "rule_losses": getattr(r, "rule_losses", None)} for r in results]
     summary = {"model": rw.info.model_id, "fingerprint": rw.info.fingerprint, "heldout_seeds": seeds,
                "edits": sources, "reused_factors": solved is not None, "solve_seconds": round(solve_seconds, 3),
-               "joint": groups, "interference": [r.to_dict() for r in rows],
+               "joint": groups, "overlaps": [o.to_dict() for o in found], "interference": [r.to_dict() for r in rows],
                "all_edits_mean_change": float((after - before).abs().mean())}
     if not is_main():
         return 0

@@ -71,3 +71,26 @@ def key_spectrum(keys: torch.Tensor, weights: torch.Tensor, cov: torch.Tensor, e
     white = (keys.to(torch.float64) @ zca_whitener(cov.to(keys.device), eig_floor)) * w[:, None]
     s = torch.linalg.svdvals(white)
     return s / s[0].clamp_min(1e-300)
+
+
+def response_overlap(a: torch.Tensor, b: torch.Tensor, cov: torch.Tensor, eig_floor: float = 1e-9) -> float:
+    """How much two rules respond to the same keys, in [0, 1]: the largest canonical correlation between the
+    responses a k and b k over keys with second moment `cov` (uncentred, as the directions are found).
+
+    a (r_a, C_in), b (r_b, C_in): two rules' context directions; cov (C_in, C_in). For single directions it is
+    |a C b| / sqrt(a C a  b C b). 1: some mix of one rule's responses is a multiple of the other's on every key
+    (a change along one rule's directions cannot avoid the other's context); 0: no mix of them is correlated.
+    Computed in float64; directions along which no key responds (below `eig_floor` of the largest) are left out.
+    """
+    c = cov.to(torch.float64)
+    mats = []
+    for d in (a, b):
+        d = d.to(torch.float64).reshape(-1, c.shape[0])
+        g = d @ c @ d.T
+        evals, evecs = torch.linalg.eigh((g + g.T) / 2)
+        keep = evals > eig_floor * float(evals.max().clamp_min(1e-300))
+        if not keep.any():
+            return 0.0
+        mats.append(d.T @ (evecs[:, keep] * evals[keep].rsqrt()))  # (C_in, r'): responses with unit second moment
+    (ua, ub) = mats
+    return float(torch.linalg.svdvals(ua.T @ c @ ub).max().clamp(0.0, 1.0))

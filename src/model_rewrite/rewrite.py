@@ -128,15 +128,13 @@ class Rewriter:
         mem_key = (spec.name, config)
         if mem_key in self._stats:
             return self._stats[mem_key]
-        key = {"fingerprint": self.info.fingerprint, "layer": spec.name, "num_samples": config.num_samples,
-               "stats_seed": config.stats_seed, "product_dtype": config.product_dtype, "what": "second_moment"}
 
         def compute() -> tuple[dict[str, torch.Tensor], dict]:
             with self.stack.lifted():  # statistics describe the unedited model
                 s = collect_key_stats(self.model, spec, config, latent_shape=self.info.latent_shape, progress=progress)
             return {"moment": s.moment}, {"count": s.count}
 
-        readable = f"{self.info.model_id.replace('/', '_')[-40:]}-{spec.name}-n{config.num_samples}-s{config.stats_seed}"
+        readable, key = self._stats_key(spec, config)
         found = self.store.load("stats", readable, key)
         if not distributed.all_agree(found is not None):  # under torchrun every process collects its share
             tensors, meta = compute()
@@ -147,6 +145,22 @@ class Rewriter:
         stats = KeyStats(spec.name, tensors["moment"], int(meta["count"]), config.num_samples, config.stats_seed)
         self._stats[mem_key] = stats
         return stats
+
+    def known_stats(self, layer: str, config: StatsConfig = StatsConfig()) -> KeyStats | None:
+        """The key statistics `stats` would return when memory or the disk cache holds them, else None (nothing is
+        computed: for checks that must not keep a request waiting)."""
+        spec = self.spec(layer)
+        if (spec.name, config) in self._stats:
+            return self._stats[spec.name, config]
+        if self.store.load("stats", *self._stats_key(spec, config)) is None:
+            return None
+        return self.stats(layer, config)
+
+    def _stats_key(self, spec: LayerSpec, config: StatsConfig) -> tuple[str, dict[str, Any]]:
+        """The statistics' readable cache name and key."""
+        key = {"fingerprint": self.info.fingerprint, "layer": spec.name, "num_samples": config.num_samples,
+               "stats_seed": config.stats_seed, "product_dtype": config.product_dtype, "what": "second_moment"}
+        return f"{self.info.model_id.replace('/', '_')[-40:]}-{spec.name}-n{config.num_samples}-s{config.stats_seed}", key
 
     # --- solving --------------------------------------------------------------------------
     def observe(self, spec: LayerSpec, seed: int) -> Observation:

@@ -76,6 +76,7 @@ def apply_edits(rw: Any, edits: Sequence[tuple[Path, EditSpec, LowRankDelta | No
     "quality"); `save_weights` also exports the edited model as `model.safetensors`."""
     from .cache import atomic_write_bytes, json_bytes
     from .edits import save_edit
+    from .interference import stack_overlaps
     from .render import image_grid, overlay, save_png, to_uint8
     from .quality import quality_report
     from .report import measure_edit
@@ -98,6 +99,11 @@ def apply_edits(rw: Any, edits: Sequence[tuple[Path, EditSpec, LowRankDelta | No
         else:
             info.update(solve_seconds=0.0, reused_factors=True)
         entry = rw.apply(spec, delta)
+        found = stack_overlaps(rw, entry.id)  # with the edits applied before it
+        info["overlaps"] = [o.to_dict() for o in found]
+        for o in found:
+            if o.warns:
+                log.warning(o.warning(joint=False))
         m = measure_edit(rw, entry.id, seeds, render)
         info.update(m.report.to_dict(), seconds=round(time.perf_counter() - t0, 3))
         info.pop("heldout_seeds")

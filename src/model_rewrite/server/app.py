@@ -324,10 +324,10 @@ def create_app(session: EditSession, host: str | None = None, hosts: Sequence[st
         """Read a saved edit for the page and (by default) apply it: at once with its factors, else
         as a job."""
         body = body if body is not None else S.LoadIn()
-        specs, entries, job = session.load(name, apply=body.apply, again=body.again)
+        specs, entries, job, note = session.load(name, apply=body.apply, again=body.again)
         return S.LoadOut(name=session.edit_path(name).stem, edit=specs[-1].to_dict(),
                          entry=_entry_out(entries[-1]) if entries else None, job=_job_out(job) if job is not None else None,
-                         count=len(specs), entries=[_entry_out(e) for e in entries])
+                         count=len(specs), entries=[_entry_out(e) for e in entries], note=note)
 
     @app.get("/api/export", response_class=Response, responses={200: {"content": {"application/octet-stream": {}}}})
     def export() -> Response:

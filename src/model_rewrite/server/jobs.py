@@ -14,6 +14,7 @@ from typing import Any
 from ..config import RenderConfig
 from ..edits import EditSpec
 from ..errors import RewriteError
+from ..interference import stack_overlaps
 from ..quality import quality_report
 from ..rewrite import Rewriter
 from ..solve import refinement_note
@@ -35,7 +36,7 @@ class Job:
     steps: int = 0
     losses: list[float] = field(default_factory=list)
     error: str = ""
-    note: str = ""  # a warning about a finished solve (solve.refinement_note), shown beside its report
+    note: str = ""  # warnings about a finished job, one a line (solve.refinement_note, overlap_notes), shown under its report
     entry_id: int | None = None
     report: dict[str, Any] | None = None  # quality.QualityReport.to_dict() of the applied edit
     suggestions: list[dict[str, Any]] | None = None  # suggest.Candidate.to_dict() rows, best first
@@ -137,6 +138,12 @@ def busy_message(job: Job) -> str:
     return f"busy: the edit {job.name!r} is being {doing} ({where}); wait for it to finish or cancel it"
 
 
+def overlap_notes(rw: Rewriter, entry_ids: Sequence[int], compute_stats: bool = True) -> list[str]:
+    """A warning for each active edit before (or among) `entry_ids` that the new edits overlap
+    (interference.stack_overlaps; without `compute_stats` only where the layer's statistics are known)."""
+    return [o.warning(joint=False) for i in entry_ids for o in stack_overlaps(rw, i, compute_stats) if o.warns]
+
+
 def solve_and_push(rw: Rewriter, spec: EditSpec, report_seeds: Sequence[int], job: Job, measure: bool = True) -> None:
     """A job's work: statistics, solve and push `spec`, then (with `measure`) measure the edit on `report_seeds`.
 
@@ -162,8 +169,8 @@ def solve_and_push(rw: Rewriter, spec: EditSpec, report_seeds: Sequence[int], jo
         raise JobCancelled
     job.phase = "applying"
     job.losses = list(result.losses) or [result.goal_loss]  # the full curve (same prefix)
-    job.note = refinement_note(result.losses, spec.update)
     job.entry_id = rw.stack.push(result.delta, spec.name, spec).id
+    job.note = "\n".join(n for n in [refinement_note(result.losses, spec.update), *overlap_notes(rw, [job.entry_id])] if n)
     if not measure:
         return
     job.phase = "measuring"
@@ -194,6 +201,7 @@ def push_all(rw: Rewriter, edits: Sequence[tuple[EditSpec, Any]], report_seeds: 
             rw.stack.remove(entry_id)
         raise
     job.entry_id, job.phase = pushed[-1], "measuring"
+    job.note = "\n".join(overlap_notes(rw, pushed))
     try:
         job.report = measured(rw, pushed[-1], report_seeds)
     except RewriteError as exc:

@@ -187,7 +187,7 @@ class JobOut(BaseModel):
     losses: list[float]  # from index `since`
     since: int
     error: str
-    note: str = ""  # a warning about the finished solve, e.g. that no Adam step beat the closed form
+    note: str = ""  # warnings about the finished job, one a line: no Adam step beat the closed form; overlaps with earlier edits
     entry_id: int | None
     seconds: float
     # once done: `quality.quality_report` on held-out images (QualityReport.to_dict(): name, layer, heldout_seeds,
@@ -250,6 +250,7 @@ class LoadOut(BaseModel):
     job: JobOut | None  # started (the edit is being solved; a stack's edits in order)
     count: int = 1  # edits in the file
     entries: list[EntryOut] = Field(default_factory=list)  # every edit pushed at once
+    note: str = ""  # warnings about the edits pushed at once, one a line (overlaps with edits before them)
 
 
 class PreviewOut(BaseModel):

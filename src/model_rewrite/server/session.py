@@ -27,7 +27,7 @@ from ..stack import StackEntry
 from ..update import LowRankDelta
 from .context import ContextFinder
 from .errors import DuplicateEdit, NotFound
-from .jobs import Job, ModelLock, push_all, solve_and_push, suggest_layers
+from .jobs import Job, ModelLock, overlap_notes, push_all, solve_and_push, suggest_layers
 from .rendering import Renderer, copy_preview
 from .storage import EditFolder
 
@@ -297,20 +297,22 @@ class EditSession:
         """The edits of saved file `name` (one, or a stack's in order) with their factors (or None)."""
         return self.folder.read(name)
 
-    def load(self, name: str, apply: bool = True, again: bool = False) -> tuple[list[EditSpec], list[StackEntry], Job | None]:
+    def load(self, name: str, apply: bool = True, again: bool = False) -> tuple[list[EditSpec], list[StackEntry], Job | None, str]:
         """Read a saved edit or stack; with `apply`, push its edits in order at once (all have factors) or start a
         job solving those without. DuplicateEdit if one is applied already (unless `again`); names are made
-        unique in the history. Returns (specs, entries pushed at once, job)."""
+        unique in the history. Returns (specs, entries pushed at once, job, warnings about the entries pushed
+        at once: one a line, as a job's note)."""
         edits = self.read_edit(name)
         specs = [self.check_edit(spec) for spec, _ in edits]
         if not apply:
-            return specs, [], None
+            return specs, [], None, ""
         specs = self._fresh(specs, again)
         edits = [(spec, delta) for spec, (_, delta) in zip(specs, edits)]
         if len(edits) == 1 and edits[0][1] is None:
-            return specs, [], self.lock.start("load", specs[0].name, partial(solve_and_push, self.rw, specs[0], self.report_seeds))
+            job = self.lock.start("load", specs[0].name, partial(solve_and_push, self.rw, specs[0], self.report_seeds))
+            return specs, [], job, ""
         if any(delta is None for _, delta in edits):
-            return specs, [], self.lock.start("load", name, partial(push_all, self.rw, edits, self.report_seeds))
+            return specs, [], self.lock.start("load", name, partial(push_all, self.rw, edits, self.report_seeds)), ""
         with self.model_access():
             pushed: list[StackEntry] = []
             try:
@@ -320,7 +322,8 @@ class EditSession:
                 for entry in reversed(pushed):
                     self.rw.stack.remove(entry.id)
                 raise
-        return specs, pushed, None
+            note = "\n".join(overlap_notes(self.rw, [e.id for e in pushed], compute_stats=False))  # no waiting
+        return specs, pushed, None, note
 
     # --- export ---------------------------------------------------------------------------
     def export_bytes(self) -> bytes:

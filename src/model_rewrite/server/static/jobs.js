@@ -105,8 +105,21 @@ function askAgain(message, again) {
 // What the finished job's edit did (the job's `report`, from the library's quality_report): one line per
 // figure with its verdict (paste fidelity, transfer, locality, collateral).
 function reportText(r, note) {
-  return `How the edit took on ${r.heldout_seeds.length} held-out images:\n` + r.lines.join("\n") +
-    (note ? `\nNote: ${note}` : "");
+  return `How the edit took on ${r.heldout_seeds.length} held-out images:\n` + r.lines.join("\n") + noteLines(note);
+}
+
+// A job's (or a load's) warnings, one a line, as lines of the report.
+function noteLines(note) {
+  return note ? note.split("\n").map((n) => `\nNote: ${n}`).join("") : "";
+}
+
+// Warnings without a report (saved edits applied at once, not measured): shown where a job's report goes.
+function showNote(heading, note) {
+  const el = $("#edit-report");
+  el.hidden = !note;
+  el.classList.remove("error");
+  el.textContent = note ? heading + noteLines(note) : "";
+  el.title = "";
 }
 
 function showReport(j) {

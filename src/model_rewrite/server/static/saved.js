@@ -177,6 +177,7 @@ async function loadEdit(name, again = false) {
   } else {
     say(out.count > 1 ? `loaded the stack ${name}: ${out.count} edits applied in order; the page shows the last one's regions`
       : `loaded ${name}`);
+    showNote(`${name} was applied with its saved factors (not measured):`, out.note); // overlaps with earlier edits
     await refreshHistory();
     await loadGallery();
   }
