@@ -121,9 +121,11 @@ class Overlap:
     def warning(self, joint: bool) -> str:
         """What a user should know about two overlapping rules, solved together (`joint`) or stacked."""
         how = "solved together" if joint else "stacked"
+        then = "" if joint else ", or measure them alone, joint and stacked with `model-rewrite apply EDITS --joint`"
         return (f"overlap: {self.a!r} and {self.b!r} respond to the same keys at {self.layer} (overlap {self.value:.2f}; "
                 f"warned from {OVERLAP_WARN}): {how}, each may undo part of the other (on the world benchmark pairs "
-                f"from 0.18 kept 0.2-0.8 of their success alone, pairs under 0.1 at least 0.88); check both in the grid")
+                f"from 0.18 kept 0.2-0.8 of their success alone, pairs under 0.1 at least 0.88); check both in the "
+                f"grid{then}")
 
 
 def overlaps(rules: Sequence[tuple[str, torch.Tensor]], layer: str, moment: torch.Tensor) -> list[Overlap]:

@@ -28,7 +28,7 @@ from .render import generate
 from .search import heat_maps, key_maps
 from .solve import SolveResult, StepCallback, solve_update
 from .stack import EditStack, StackEntry
-from .stats import KeyStats, collect_key_stats
+from .stats import KeyStats, collect_key_stats, stats_cache_key
 from .update import LowRankDelta
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -134,7 +134,7 @@ class Rewriter:
                 s = collect_key_stats(self.model, spec, config, latent_shape=self.info.latent_shape, progress=progress)
             return {"moment": s.moment}, {"count": s.count}
 
-        readable, key = self._stats_key(spec, config)
+        readable, key = stats_cache_key(self.info.model_id, self.info.fingerprint, spec.name, config)
         found = self.store.load("stats", readable, key)
         if not distributed.all_agree(found is not None):  # under torchrun every process collects its share
             tensors, meta = compute()
@@ -152,15 +152,9 @@ class Rewriter:
         spec = self.spec(layer)
         if (spec.name, config) in self._stats:
             return self._stats[spec.name, config]
-        if self.store.load("stats", *self._stats_key(spec, config)) is None:
+        if self.store.load("stats", *stats_cache_key(self.info.model_id, self.info.fingerprint, spec.name, config)) is None:
             return None
         return self.stats(layer, config)
-
-    def _stats_key(self, spec: LayerSpec, config: StatsConfig) -> tuple[str, dict[str, Any]]:
-        """The statistics' readable cache name and key."""
-        key = {"fingerprint": self.info.fingerprint, "layer": spec.name, "num_samples": config.num_samples,
-               "stats_seed": config.stats_seed, "product_dtype": config.product_dtype, "what": "second_moment"}
-        return f"{self.info.model_id.replace('/', '_')[-40:]}-{spec.name}-n{config.num_samples}-s{config.stats_seed}", key
 
     # --- solving --------------------------------------------------------------------------
     def observe(self, spec: LayerSpec, seed: int) -> Observation:

@@ -150,3 +150,11 @@ def collect_key_stats(
     if size > 1:
         acc.all_reduce()
     return KeyStats(spec.name, acc.moment().cpu(), acc.count, config.num_samples, config.stats_seed)
+
+
+def stats_cache_key(model_id: str, fingerprint: str, layer: str, config: StatsConfig) -> tuple[str, dict]:
+    """(readable name, key) under which a model's layer statistics are cached: the key names everything the
+    statistics depend on (the weights' fingerprint, the layer, the sample count, seed and product dtype)."""
+    key = {"fingerprint": fingerprint, "layer": layer, "num_samples": config.num_samples,
+           "stats_seed": config.stats_seed, "product_dtype": config.product_dtype, "what": "second_moment"}
+    return f"{model_id.replace('/', '_')[-40:]}-{layer}-n{config.num_samples}-s{config.stats_seed}", key
