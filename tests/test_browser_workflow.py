@@ -321,6 +321,13 @@ def test_duplicates_are_asked_about_names_stay_unique_and_the_stack_saves_and_lo
     pg.click("#history li .show")
     pg.wait_for_function("() => document.querySelector('#message').textContent.includes('are the draft again')")
     assert pg.locator("#context-tray .tray-item").count() == 1
+    # its live preview warns, before Execute, that it overlaps the applied edit
+    pg.check("#live")
+    pg.wait_for_function("() => document.querySelectorAll('#gallery img[data-live=\"1\"]').length > 0", timeout=60_000)
+    note = pg.inner_text("#gallery-note")
+    assert f"Execute runs the full solve. Warning: overlap: '{first}' and " in note and "(overlap 1.00" in note, note
+    shots(pg, "05-live-overlap")
+    pg.uncheck("#live")
     assert pg.input_value("#edit-name") == ""
     # executing the same draft again is asked about, not stacked silently
     pg.click("#execute")

@@ -61,6 +61,11 @@ def test_live_preview_shows_the_closed_form_edit_and_leaves_the_stack_alone(clie
     r = client.post("/api/history/redo")
     assert r.status_code == 200, r.text
     assert [e["id"] for e in r.json()["entries"]] == [1]
+    assert out["note"] == ""  # nothing was applied then
+    # with the edit applied, the preview of a draft with its context says what Execute would warn about
+    again = client.post("/api/live", json={"edit": edit_body() | {"name": "draft"}, "seeds": [1]}).json()
+    assert again["note"].startswith("overlap: 'test edit' and 'draft' respond to the same keys") and "(overlap 1.00" in again["note"]
+    assert [e["id"] for e in client.get("/api/history").json()["entries"]] == [1]
     client.post("/api/history/undo")
     # the same images as solving the edit in closed form and applying it
     rw = session.rw

@@ -212,9 +212,9 @@ def create_app(session: EditSession, host: str | None = None, hosts: Sequence[st
         """The draft's effect on `seeds` without executing it: solved in closed form (no optimisation), applied
         only while the images render; nothing is pushed. 409 while a job runs."""
         spec = _spec_from_input(session, body.edit)
-        images, seconds = session.live_preview(spec, body.seeds)
+        images, seconds, note = session.live_preview(spec, body.seeds)
         return S.LiveOut(images=[S.LiveImage(seed=s, image=data_url(png_bytes(im))) for s, im in zip(body.seeds, images)],
-                         seconds=round(seconds, 4), layer=spec.layer)
+                         seconds=round(seconds, 4), layer=spec.layer, note=note)
 
     @app.post("/api/matches", response_model=S.MatchesOut)
     def matches(body: S.MatchesIn) -> S.MatchesOut:

@@ -310,3 +310,4 @@ class LiveOut(BaseModel):
     images: list[LiveImage]
     seconds: float  # closed-form solve and rendering, on the server
     layer: str
+    note: str = ""  # what Execute would warn about: overlaps with the applied edits, one a line

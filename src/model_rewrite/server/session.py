@@ -160,17 +160,19 @@ class EditSession:
             values, count = self.rw.context_spectrum(layer, context, keys, stats)
         return [float(v) for v in values[:SPECTRUM_SHOWN]], count, int((values >= cutoff).sum())
 
-    def live_preview(self, spec: EditSpec, seeds: Sequence[int]) -> tuple[list[np.ndarray], float]:
+    def live_preview(self, spec: EditSpec, seeds: Sequence[int]) -> tuple[list[np.ndarray], float, str]:
         """Images `seeds` (H, W, 3) uint8 with `spec` solved in closed form (no optimisation) and applied only
-        while they render: the stack, its redo list and the weights are left exactly as they were."""
+        while they render: the stack, its redo list and the weights are left exactly as they were. Also the
+        warnings Execute would give about overlaps with the applied edits (one a line)."""
         t0 = time.perf_counter()
         closed = replace(spec, update=replace(spec.update, method="closed_form"))
         with self.lock.held(timeout_s=LIVE_WAIT_S):
             delta = self.rw.solve(closed).delta
             with self.rw.stack.trial():
-                self.rw.stack.push(delta, "preview")
+                entry = self.rw.stack.push(delta, spec.name or "the draft", closed)
                 images = to_uint8(self.rw.sample(list(seeds)))
-        return list(images), time.perf_counter() - t0
+                note = "\n".join(overlap_notes(self.rw, [entry.id]))  # the solve has the statistics
+        return list(images), time.perf_counter() - t0, note
 
     def matches(self, layer: str, context: Sequence[Selection], keys: KeyConfig, stats: StatsConfig, seeds: Sequence[int],
                 quantile: float, which: str = "edited") -> tuple[float, list[tuple[int, bytes, float]]]:

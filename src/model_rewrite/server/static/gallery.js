@@ -119,7 +119,8 @@ function paintImages() {
     note.hidden = !nLive;
     note.classList.toggle("live", !!nLive);
     if (nLive) note.textContent = `Live preview (tagged “preview”): the closed-form edit at ${live.layer}, not applied ` +
-      `(${(live.seconds * 1000).toFixed(0)} ms on the server). Execute runs the full solve.`;
+      `(${(live.seconds * 1000).toFixed(0)} ms on the server). Execute runs the full solve.` +
+      (live.note ? live.note.split("\n").map((n) => ` Warning: ${n}.`).join("") : ""); // overlaps, before Execute
   }
 }
 
@@ -153,7 +154,7 @@ async function runLive() {
   try {
     const out = await api("POST", "/api/live", { edit: draftJson(), seeds: app.gallery.seeds });
     if (!liveAgain && version === app.draftVersion && app.gallery && state === app.gallery.state && $("#live").checked) {
-      app.live = { seq, version, state, layer: out.layer, seconds: out.seconds, ms: performance.now() - t0,
+      app.live = { seq, version, state, layer: out.layer, seconds: out.seconds, note: out.note, ms: performance.now() - t0,
         images: new Map(out.images.map((im) => [im.seed, im.image])) };
       paintImages();
     }
