@@ -124,37 +124,30 @@ class Rewriter:
     # --- statistics -----------------------------------------------------------------------
     def stats(self, layer: str, config: StatsConfig = StatsConfig(), progress: Callable[[int, int], None] | None = None) -> KeyStats:
         """Key statistics of `layer` on the unedited model, from memory, disk cache or computed."""
+        found = self.known_stats(layer, config)
+        if distributed.all_agree(found is not None):  # under torchrun every process collects its share, or none does
+            return found  # type: ignore[return-value]
         spec = self.spec(layer)
-        mem_key = (spec.name, config)
-        if mem_key in self._stats:
-            return self._stats[mem_key]
-
-        def compute() -> tuple[dict[str, torch.Tensor], dict]:
-            with self.stack.lifted():  # statistics describe the unedited model
-                s = collect_key_stats(self.model, spec, config, latent_shape=self.info.latent_shape, progress=progress)
-            return {"moment": s.moment}, {"count": s.count}
-
-        readable, key = stats_cache_key(self.info.model_id, self.info.fingerprint, spec.name, config)
-        found = self.store.load("stats", readable, key)
-        if not distributed.all_agree(found is not None):  # under torchrun every process collects its share
-            tensors, meta = compute()
-            if distributed.is_main():
-                self.store.save("stats", readable, key, tensors, meta)
-        else:
-            tensors, meta = found
-        stats = KeyStats(spec.name, tensors["moment"], int(meta["count"]), config.num_samples, config.stats_seed)
-        self._stats[mem_key] = stats
-        return stats
+        with self.stack.lifted():  # statistics describe the unedited model
+            s = collect_key_stats(self.model, spec, config, latent_shape=self.info.latent_shape, progress=progress)
+        if distributed.is_main():
+            self.store.save("stats", *stats_cache_key(self.info.model_id, self.info.fingerprint, spec.name, config),
+                            {"moment": s.moment}, {"count": s.count})
+        self._stats[spec.name, config] = s
+        return s
 
     def known_stats(self, layer: str, config: StatsConfig = StatsConfig()) -> KeyStats | None:
-        """The key statistics `stats` would return when memory or the disk cache holds them, else None (nothing is
-        computed: for checks that must not keep a request waiting)."""
+        """The key statistics of `layer` when memory or the disk cache holds them, else None (nothing is computed:
+        for checks that must not keep a request waiting)."""
         spec = self.spec(layer)
-        if (spec.name, config) in self._stats:
-            return self._stats[spec.name, config]
-        if self.store.load("stats", *stats_cache_key(self.info.model_id, self.info.fingerprint, spec.name, config)) is None:
-            return None
-        return self.stats(layer, config)
+        if (spec.name, config) not in self._stats:
+            found = self.store.load("stats", *stats_cache_key(self.info.model_id, self.info.fingerprint, spec.name, config))
+            if found is None:
+                return None
+            tensors, meta = found
+            self._stats[spec.name, config] = KeyStats(spec.name, tensors["moment"], int(meta["count"]), config.num_samples,
+                                                      config.stats_seed)
+        return self._stats[spec.name, config]
 
     # --- solving --------------------------------------------------------------------------
     def observe(self, spec: LayerSpec, seed: int) -> Observation:
