@@ -14,6 +14,7 @@ process, every function here is the plain single-process computation.
 
 from __future__ import annotations
 
+import atexit
 import os
 from typing import Callable, Sequence, TypeVar
 
@@ -51,7 +52,16 @@ def init(device: str = "cpu") -> str:
         torch.cuda.set_device(torch.device(device))
     if not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if cuda else "gloo")
+        # Leave the group while the interpreter is whole: a process that exits with the group alive can be
+        # aborted ("terminate called without an active exception") as gloo's threads are torn down.
+        atexit.register(finish)
     return device
+
+
+def finish() -> None:
+    """Leave the process group (`init` arranges this at exit); nothing outside one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def _comm_device() -> torch.device:
