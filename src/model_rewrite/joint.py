@@ -188,11 +188,10 @@ def check_batch(edits: Sequence[EditSpec]) -> list[EditSpec]:
     return edits
 
 
-def check_group(rules: Sequence[JointRule]) -> None:
+def check_group(specs: Sequence[EditSpec]) -> None:
     """One-line errors for rules that cannot share a solve: other layers, methods or solve settings."""
-    first = rules[0].spec
-    for i, r in enumerate(rules[1:], 1):
-        s = r.spec
+    first = specs[0]
+    for i, s in enumerate(specs[1:], 1):
         if s.layer != first.layer:
             raise InvalidEdit(f"edit {i} ({s.name or 'unnamed'}) is at layer {s.layer}, not {first.layer}; a joint "
                               "solve holds the rules of one layer (Rewriter.solve_many groups them by layer)")
@@ -231,7 +230,7 @@ def solve_joint(model: nn.Module, spec: LayerSpec, rules: Sequence[JointRule], c
     """Fit one factor for every rule at `spec`'s layer (the model's current weight is W0). `protect`: each
     paste image is kept outside its box against the change along its own rule's directions ("own") or
     against every rule's change ("all"); see the module's docstring."""
-    check_group(rules)
+    check_group([r.spec for r in rules])
     rules = with_exclusions(rules)
     cfg = rules[0].config
     weight_module = get_module(model, spec.weight_module)

@@ -102,8 +102,9 @@ def _check_members(fingerprint: str, edits: list[tuple[int, EditSpec]]) -> None:
         seen[key] = i
 
 
-def multi_edit_from_dict(data: Any) -> tuple[list[EditSpec], list[dict[str, Any]]]:
-    """The members and groups of a multi-edit JSON, validated; InvalidEdit/IncompatibleEdit name the problem."""
+def multi_edit_from_dict(data: Any, *, max_side: int | None = None) -> tuple[list[EditSpec], list[dict[str, Any]]]:
+    """The members and groups of a multi-edit JSON, validated; InvalidEdit/IncompatibleEdit name the problem.
+    Masks over `max_side` pixels on a side are refused from their headers (EditSpec.from_dict)."""
     if not is_multi_edit(data):
         raise InvalidEdit(f"not a model-rewrite multi-edit file (format is {data.get('format') if isinstance(data, dict) else None!r})")
     if data.get("version") != MULTI_VERSION:
@@ -116,7 +117,7 @@ def multi_edit_from_dict(data: Any) -> tuple[list[EditSpec], list[dict[str, Any]
     edits = []
     for i, m in enumerate(data["members"]):
         try:
-            edits.append(EditSpec.from_dict(m))
+            edits.append(EditSpec.from_dict(m, max_side=max_side))
         except (InvalidEdit, IncompatibleEdit) as exc:
             raise type(exc)(f"member {i}: {exc}") from None
     _check_members(data["fingerprint"], list(enumerate(edits)))
@@ -143,11 +144,11 @@ def multi_edit_from_dict(data: Any) -> tuple[list[EditSpec], list[dict[str, Any]
     return edits, groups
 
 
-def load_multi_edit(path: str | Path) -> tuple[list[EditSpec], list[SolvedGroup] | None]:
+def load_multi_edit(path: str | Path, *, max_side: int | None = None) -> tuple[list[EditSpec], list[SolvedGroup] | None]:
     """A batch's edits and, if its factors file is present and matches, its solved groups (else None)."""
     path = Path(path)
     data = read_edit_json(path)
-    edits, groups = multi_edit_from_dict(data)
+    edits, groups = multi_edit_from_dict(data, max_side=max_side)
     fpath = factors_path(path)
     if not groups or not fpath.exists():
         return edits, None

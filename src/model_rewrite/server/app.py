@@ -91,17 +91,18 @@ def _spec_from_input(session: EditSession, edit: S.EditIn) -> EditSpec:
 
 
 def _entry_out(entry: StackEntry) -> S.EntryOut:
-    spec = entry.spec
+    spec = entry.spec if entry.spec is not None else entry.members[0].spec if entry.members else None
     return S.EntryOut(id=entry.id, name=entry.name, layer=spec.layer if spec is not None else "",
                       rank=entry.delta.rank, param_path=entry.delta.param_path,
-                      edit=spec.to_dict() if spec is not None else None)
+                      edit=entry.spec.to_dict() if entry.spec is not None else None,
+                      members=[m.spec.name or f"edit {i}" for i, m in enumerate(entry.members)])
 
 
 def _job_out(job: Job, since: int = 0) -> S.JobOut:
     since = max(0, min(since, len(job.losses)))
     return S.JobOut(id=job.id, kind=job.kind, name=job.name, state=job.state, phase=job.phase, step=job.step,
                     steps=job.steps, losses=job.losses[since:], since=since, error=job.error, note=job.note,
-                    entry_id=job.entry_id, seconds=round(job.seconds, 3), report=job.report,
+                    entry_id=job.entry_id, seconds=round(job.seconds, 3), report=job.report, reports=job.reports,
                     suggestions=job.suggestions)
 
 
@@ -273,6 +274,13 @@ def create_app(session: EditSession, host: str | None = None, hosts: Sequence[st
     def revert() -> S.HistoryOut:
         session.revert_all()
         return history_out()
+
+    @app.post("/api/history/joint", response_model=S.JobOut, status_code=202)
+    def solve_together(body: S.JointIn) -> S.JobOut:
+        """Start solving every applied edit at `layer` again, together (one joint edit in the place of the last
+        of them); poll /api/job for each rule's report. 400 for fewer than two, or settings a joint solve cannot
+        share; 409 while another job runs."""
+        return _job_out(session.start_joint(body.layer))
 
     @app.delete("/api/history/{entry_id}", response_model=S.HistoryOut)
     def remove(entry_id: int) -> S.HistoryOut:

@@ -7,17 +7,18 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import RenderConfig
 from ..edits import EditSpec
-from ..errors import RewriteError
-from ..interference import stack_overlaps
+from ..errors import InvalidEdit, RewriteError
+from ..interference import overlaps, stack_overlaps
 from ..quality import quality_report
 from ..rewrite import Rewriter
 from ..solve import refinement_note
+from ..stack import StackEntry
 from .errors import SessionBusy
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ class Job:
     """A long operation on the model (solving an edit): its progress, result, report and cancel flag."""
 
     id: int
-    kind: str  # "execute" | "load" | "suggest"
+    kind: str  # "execute" | "load" | "suggest" | "joint"
     name: str
     state: str = "running"  # running | done | cancelled | failed
     phase: str = "starting"  # statistics | solving | applying | measuring
@@ -39,6 +40,7 @@ class Job:
     note: str = ""  # warnings about a finished job, one a line (solve.refinement_note, overlap_notes), shown under its report
     entry_id: int | None = None
     report: dict[str, Any] | None = None  # quality.QualityReport.to_dict() of the applied edit
+    reports: list[dict[str, Any]] | None = None  # a joint entry's: one QualityReport.to_dict() per member rule
     suggestions: list[dict[str, Any]] | None = None  # suggest.Candidate.to_dict() rows, best first
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
@@ -134,8 +136,10 @@ class ModelLock:
 def busy_message(job: Job) -> str:
     """What the page says while `job` holds the model."""
     where = f"step {job.step} of {job.steps}" if job.phase == "solving" else job.phase
-    doing = {"suggest": "tried at every layer", "load": "solved and applied"}.get(job.kind, "executed")
-    return f"busy: the edit {job.name!r} is being {doing} ({where}); wait for it to finish or cancel it"
+    doing = {"suggest": "tried at every layer", "load": "solved and applied",
+             "joint": "solved together"}.get(job.kind, "executed")
+    what = "the edits" if job.kind == "joint" else "the edit"
+    return f"busy: {what} {job.name!r} {'are' if job.kind == 'joint' else 'is'} being {doing} ({where}); wait for it to finish or cancel it"
 
 
 def overlap_notes(rw: Rewriter, entry_ids: Sequence[int], compute_stats: bool = True) -> list[str]:
@@ -206,6 +210,86 @@ def push_all(rw: Rewriter, edits: Sequence[tuple[EditSpec, Any]], report_seeds: 
         job.report = measured(rw, pushed[-1], report_seeds)
     except RewriteError as exc:
         job.error = f"the edits are applied, but measuring the last one on held-out images failed: {exc}"
+
+
+def rules_of(entry: StackEntry) -> list[EditSpec]:
+    """The rules an active entry applies: a joint entry's members, else its own edit."""
+    if entry.members:
+        return [m.spec for m in entry.members]
+    if entry.spec is None:
+        raise InvalidEdit(f"edit {entry.name!r} has no spec to solve again")
+    return [entry.spec]
+
+
+def solve_together(rw: Rewriter, entry_ids: Sequence[int], report_seeds: Sequence[int], job: Job) -> None:
+    """A job's work: the active entries `entry_ids` (one weight; a joint entry counts as its rules) solved again as
+    one joint solve (`Rewriter.solve_many`) against the model without them. The result takes the last entry's
+    place in the history and the others are removed, all at once after the solve (a cancelled or failed job
+    leaves the history as it was). Then each rule is measured inside it on `report_seeds`."""
+    entries = [e for e in rw.stack.entries if e.id in set(entry_ids)]
+    (result,) = _solve_jointly(rw, [spec for e in entries for spec in rules_of(e)], job, [e.id for e in entries])
+    entry = rw.stack.replace(entries[-1].id, result.delta, result.name, result.members)
+    for e in entries[:-1]:
+        rw.stack.remove(e.id)
+    _measure_members(rw, [entry], report_seeds, job)
+
+
+def solve_joint_batch(rw: Rewriter, specs: Sequence[EditSpec], report_seeds: Sequence[int], job: Job) -> None:
+    """A job's work: rules solved together (one joint entry per layer, pushed as one batch), then measured."""
+    results = _solve_jointly(rw, specs, job)
+    _measure_members(rw, rw.apply_many(specs, results), report_seeds, job)
+
+
+def _solve_jointly(rw: Rewriter, specs: Sequence[EditSpec], job: Job, leave_out: Sequence[int] = ()) -> list[Any]:
+    """`Rewriter.solve_many(specs)` with the job's progress (statistics, then the refinement's steps) and cancel
+    flag, against the model without the active entries `leave_out`; the model is left as it was."""
+    def stats_progress(done: int, total: int) -> None:
+        job.step, job.steps = done, total
+        if job.cancel.is_set():
+            raise JobCancelled
+
+    job.phase = "statistics"
+    for layer in dict.fromkeys(s.layer for s in specs):
+        rw.stats(layer, next(s.stats for s in specs if s.layer == layer), progress=stats_progress)
+    job.phase, job.step, job.steps = "solving", 0, specs[0].update.planned_steps
+
+    def on_step(step: int, loss: float) -> bool:
+        job.step = step
+        job.losses.append(loss)
+        return job.cancel.is_set()
+
+    with ExitStack() as without:
+        for entry_id in leave_out:
+            without.enter_context(rw.stack.without(entry_id))
+        results = rw.solve_many(specs, on_step)
+    if any(r.cancelled for r in results) or job.cancel.is_set():
+        raise JobCancelled
+    job.phase = "applying"
+    job.losses = [loss for r in results for loss in r.losses] or [r.goal_loss for r in results]
+    return results
+
+
+def _measure_members(rw: Rewriter, entries: Sequence[StackEntry], report_seeds: Sequence[int], job: Job) -> None:
+    """The job's result for joint entries: its id (the last), warnings for overlapping rules inside each, and
+    each rule's quality report inside its entry (`job.reports`)."""
+    job.entry_id, job.phase = entries[-1].id, "measuring"
+    notes = []
+    for entry in entries:
+        spec = entry.members[0].spec
+        rules = [(m.spec.name or f"edit {i}", m.dirs) for i, m in enumerate(entry.members)]
+        notes += [o.warning(joint=True) for o in overlaps(rules, spec.layer, rw.stats(spec.layer, spec.stats).moment)
+                  if o.warns]
+    job.note = "\n".join(notes)
+    try:
+        reports = []
+        for entry in entries:
+            originals: dict = {}  # the model without this entry, shared by its rules' reports
+            reports += [quality_report(rw, entry.id, report_seeds, RenderConfig(), originals, member=i).to_dict()
+                        for i in range(len(entry.members))]
+        job.reports = reports
+    except RewriteError as exc:
+        log.warning("measuring joint edit %d failed: %s", entries[-1].id, exc)
+        job.error = f"the edits are solved together and applied, but measuring them on held-out images failed: {exc}"
 
 
 def suggest_layers(rw: Rewriter, spec: EditSpec, seeds: Sequence[int], job: Job) -> None:

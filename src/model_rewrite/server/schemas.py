@@ -194,8 +194,15 @@ class JobOut(BaseModel):
     # paste_fidelity, transfer, fires_on, collateral, verdicts, lines, inside_change, outside_change, ratio, ...);
     # None before or on failure
     report: dict[str, Any] | None = None
+    # a "joint" job (or the load of unsolved rules saved together), once done: one quality report per rule
+    # inside the joint edit, in its order (`report` stays None)
+    reports: list[dict[str, Any]] | None = None
     # a "suggest" job, once done: one row per (layer, rank) tried, best first (suggest.Candidate.to_dict())
     suggestions: list[dict[str, Any]] | None = None
+
+
+class JointIn(BaseModel):
+    layer: str = Field(min_length=1, max_length=200)  # every applied edit at this layer is solved again, together
 
 
 class JobStatus(BaseModel):
@@ -208,7 +215,8 @@ class EntryOut(BaseModel):
     layer: str
     rank: int
     param_path: str
-    edit: dict[str, Any] | None  # EditSpec JSON form (masks as data URLs)
+    edit: dict[str, Any] | None  # EditSpec JSON form (masks as data URLs); None for edits solved together
+    members: list[str] = []  # edits solved together: their rules' names, in order (empty for one edit)
 
 
 class HistoryOut(BaseModel):
@@ -219,7 +227,8 @@ class HistoryOut(BaseModel):
 
 class SavedEditOut(BaseModel):
     name: str
-    kind: Literal["edit", "stack"] = "edit"  # one edit, or a whole stack (format "model-rewrite-edit-stack")
+    # one edit, a whole stack (format "model-rewrite-edit-stack") or rules solved together ("model-rewrite-multi-edit")
+    kind: Literal["edit", "stack", "joint"] = "edit"
     count: int = 1  # edits in the file
     layer: str  # the layer (a stack: its layers, comma-separated)
     model: str

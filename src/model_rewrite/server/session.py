@@ -20,6 +20,8 @@ from ..config import KeyConfig, StatsConfig
 from ..edit_stack import is_edit_stack, stack_from_dict
 from ..edits import EditSpec, Selection
 from ..errors import InvalidEdit
+from ..joint import edit_content
+from ..multiedit import SolvedGroup, group_from_entry, is_multi_edit, multi_edit_from_dict
 from ..masks import check_mask
 from ..render import data_url, png_bytes, to_uint8
 from ..rewrite import LayerInfo, Rewriter
@@ -27,7 +29,8 @@ from ..stack import StackEntry
 from ..update import LowRankDelta
 from .context import ContextFinder
 from .errors import DuplicateEdit, NotFound
-from .jobs import Job, ModelLock, overlap_notes, push_all, solve_and_push, suggest_layers
+from .jobs import (Job, ModelLock, overlap_notes, push_all, rules_of, solve_and_push, solve_joint_batch, solve_together,
+                   suggest_layers)
 from .rendering import Renderer, copy_preview
 from .storage import EditFolder
 
@@ -45,12 +48,6 @@ def unique_name(name: str, taken: Sequence[str]) -> str:
     while f"{base} ({n})" in taken:
         n += 1
     return f"{base} ({n})"
-
-
-def same_edit(a: EditSpec, b: EditSpec) -> bool:
-    """Whether two edits would make the same change (everything but name and note agrees)."""
-    strip = lambda s: {k: v for k, v in s.to_dict().items() if k not in ("name", "note")}  # noqa: E731
-    return strip(a) == strip(b)
 
 
 def default_layer(layers: Sequence[LayerInfo], resolution: int) -> str:
@@ -197,15 +194,30 @@ class EditSession:
         if not again:
             for spec in specs:
                 for e in entries:
-                    if e.spec is not None and same_edit(spec, e.spec):
-                        raise DuplicateEdit(f"this edit is applied already (as {e.name!r}); applying it again would "
-                                            "count it twice. Undo or remove it first, or apply it again on purpose")
+                    for rule in [m.spec for m in e.members] or [e.spec]:
+                        if rule is not None and edit_content(spec) == edit_content(rule):
+                            raise DuplicateEdit(f"this edit is applied already (as {e.name!r}); applying it again "
+                                                "would count it twice. Undo or remove it first, or apply it again on purpose")
         taken, out = [e.name for e in entries], []
         for spec in specs:
             spec = replace(spec, name=unique_name(spec.name or "edit", taken))
             taken.append(spec.name)
             out.append(spec)
         return out
+
+    def start_joint(self, layer: str) -> Job:
+        """Solve every active edit at `layer` again, together (jobs.solve_together), in a background job. The
+        rules are checked first (InvalidEdit at once: fewer than two, or settings a joint solve cannot share)."""
+        from ..joint import check_batch, check_group
+
+        param = self.rw.spec(layer).param_path  # an unknown layer is refused here
+        entries = [e for e in self.rw.stack.entries if e.delta.param_path == param]
+        specs = [spec for e in entries for spec in rules_of(e)]
+        if len(specs) < 2:
+            raise InvalidEdit(f"solving together needs two or more applied edits at layer {layer}; it has {len(specs)}")
+        check_group(check_batch(specs))
+        return self.lock.start("joint", " + ".join(s.name or "edit" for s in specs),
+                               partial(solve_together, self.rw, [e.id for e in entries], self.report_seeds))
 
     def start_suggest(self, spec: EditSpec) -> Job:
         """Try `spec` at every layer and ranks 1, 2, 4 in a background job (see `Rewriter.suggest`)."""
@@ -261,33 +273,43 @@ class EditSession:
             entries = list(self.rw.stack.entries)
             if not entries:
                 raise NotFound("nothing to save: no edit is applied")
-            if any(e.spec is None for e in entries):
-                raise InvalidEdit("an applied edit has no spec to save")
+            for e in entries:
+                if e.members:
+                    raise InvalidEdit(f"the stack holds {e.name!r}, edits solved together, which an edit-stack file "
+                                      "cannot hold: save the last edit alone (a joint edit is saved with its rules and "
+                                      "joint factors), or remove it from the stack first")
+                if e.spec is None:
+                    raise InvalidEdit(f"applied edit {e.name!r} has no spec to save")
             return self.folder.write_stack(name, [(e.spec, e.delta) for e in entries], overwrite=overwrite)  # type: ignore[misc]
-        if spec is None:
-            spec, delta = self._applied(entry_id)
-        else:
-            spec, delta = self.check_edit(spec), None
-        return self.folder.write(name, spec, delta, overwrite=overwrite)
+        if spec is not None:
+            return self.folder.write(name, self.check_edit(spec), None, overwrite=overwrite)
+        entry = self._applied(entry_id)
+        if entry.members:
+            return self.folder.write_joint(name, [m.spec for m in entry.members], group_from_entry(entry),
+                                           overwrite=overwrite)
+        if entry.spec is None:
+            raise InvalidEdit(f"edit {entry.name!r} has no spec to save")
+        return self.folder.write(name, entry.spec, entry.delta, overwrite=overwrite)
 
-    def _applied(self, entry_id: int | None) -> tuple[EditSpec, LowRankDelta]:
-        """The spec and factors of applied edit `entry_id` (default: the last one)."""
+    def _applied(self, entry_id: int | None) -> StackEntry:
+        """Applied edit `entry_id` (default: the last one)."""
         entries = list(self.rw.stack.entries)
         if not entries:
             raise NotFound("nothing to save: apply an edit first (or save a draft)")
         found = [e for e in entries if e.id == entry_id] if entry_id is not None else entries[-1:]
         if not found:
             raise NotFound(f"no applied edit has id {entry_id}")
-        if found[0].spec is None:
-            raise InvalidEdit(f"edit {found[0].name!r} has no spec to save")
-        return found[0].spec, found[0].delta
+        return found[0]
 
     def import_edit(self, name: str, data: dict[str, Any], *, overwrite: bool = False) -> Path:
-        """Validate an edit file's (or edit-stack file's) JSON and store it (without factors) under `name`."""
+        """Validate an edit file's (edit-stack or multi-edit file's) JSON and store it (without factors) under `name`."""
         if is_edit_stack(data):
             specs = [self.check_edit(spec) for spec in stack_from_dict(data, max_side=self.resolution)]
             self.folder.file(name)
             return self.folder.write_stack(name, [(spec, None) for spec in specs], overwrite=overwrite)
+        if is_multi_edit(data):
+            specs = [self.check_edit(spec) for spec in multi_edit_from_dict(data, max_side=self.resolution)[0]]
+            return self.folder.write_joint(name, specs, None, overwrite=overwrite)
         spec = self.rw.check_edit(EditSpec.from_dict(data, max_side=self.resolution))
         return self.save(name, overwrite=overwrite, spec=spec)
 
@@ -304,6 +326,9 @@ class EditSession:
         job solving those without. DuplicateEdit if one is applied already (unless `again`); names are made
         unique in the history. Returns (specs, entries pushed at once, job, warnings about the entries pushed
         at once: one a line, as a job's note)."""
+        joint = self.folder.read_joint(name)
+        if joint is not None:
+            return self._load_joint(name, *joint, apply=apply, again=again)
         edits = self.read_edit(name)
         specs = [self.check_edit(spec) for spec, _ in edits]
         if not apply:
@@ -326,6 +351,20 @@ class EditSession:
                 raise
             note = "\n".join(overlap_notes(self.rw, [e.id for e in pushed], compute_stats=False))  # no waiting
         return specs, pushed, None, note
+
+    def _load_joint(self, name: str, specs: list[EditSpec], groups: list[SolvedGroup] | None, *, apply: bool,
+                    again: bool) -> tuple[list[EditSpec], list[StackEntry], Job | None, str]:
+        """`load` of a multi-edit file: its rules pushed as one joint entry per layer, at once with the saved
+        joint factors, else solved together in a job (all stacked at first, then solved again jointly)."""
+        specs = [self.check_edit(spec) for spec in specs]
+        if not apply:
+            return specs, [], None, ""
+        self._fresh(specs, again)  # refuses rules applied already; a joint entry's names are the file's
+        if groups is not None:
+            with self.model_access():
+                pushed = self.rw.apply_many(specs, groups)
+            return specs, pushed, None, ""
+        return specs, [], self.lock.start("load", name, partial(solve_joint_batch, self.rw, specs, self.report_seeds)), ""
 
     # --- export ---------------------------------------------------------------------------
     def export_bytes(self) -> bytes:

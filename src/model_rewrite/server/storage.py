@@ -11,6 +11,7 @@ from typing import Any
 from ..edit_stack import is_edit_stack, read_edits, save_edit_stack
 from ..edits import EditSpec, factors_path, read_edit_json, save_edit
 from ..errors import InvalidEdit, RewriteError
+from ..multiedit import SolvedGroup, is_multi_edit, load_multi_edit, save_multi_edit
 from ..update import LowRankDelta
 from .errors import NameTaken, NotFound, StorageError
 
@@ -67,6 +68,15 @@ class EditFolder:
                 raise NameTaken(f"an edit named {path.stem!r} exists already; choose another name or save with overwrite")
             return save_edit_stack(path, edits, name=path.stem)
 
+    def write_joint(self, name: str, specs: list[EditSpec], group: SolvedGroup | None, *, overwrite: bool = False) -> Path:
+        """Save rules solved together (a multi-edit file, with the joint factors unless `group` is None) under
+        `name`; NameTaken unless `overwrite`."""
+        path = self.file(name)
+        with self._lock:
+            if (path.exists() or factors_path(path).exists()) and not overwrite:
+                raise NameTaken(f"an edit named {path.stem!r} exists already; choose another name or save with overwrite")
+            return save_multi_edit(path, specs, [group] if group is not None else None, name=path.stem)
+
     def listing(self) -> list[dict[str, Any]]:
         """The edit files, newest first, each with whether it fits this model; an entry that cannot be read is
         listed as unreadable, with the reason, and never hides the others."""
@@ -84,11 +94,17 @@ class EditFolder:
             if not path.is_file():
                 raise InvalidEdit(f"{path.name} is not a file")
             check_save_name(path.stem)
-            edits = read_edits(path, max_side=self.max_side)
-            specs = [spec for spec, _ in edits]
+            joint = self.read_joint(path.stem)
+            if joint is not None:
+                specs, groups = joint
+                item.update(kind="joint", has_factors=groups is not None)
+            else:
+                edits = read_edits(path, max_side=self.max_side)
+                specs = [spec for spec, _ in edits]
+                item.update(kind="stack" if is_edit_stack(read_edit_json(path)) else "edit",
+                            has_factors=all(delta is not None for _, delta in edits))
             item.update(layer=", ".join(dict.fromkeys(s.layer for s in specs)), model=specs[0].model, count=len(specs),
-                        kind="stack" if is_edit_stack(read_edit_json(path)) else "edit",
-                        has_factors=all(delta is not None for _, delta in edits), readable=True)
+                        readable=True)
             for spec in specs:
                 self.check(spec)
             item["compatible"] = True
@@ -98,12 +114,26 @@ class EditFolder:
             item["error"] = f"cannot read {path.name}: {exc.strerror or exc}"
         return item
 
-    def read(self, name: str) -> list[tuple[EditSpec, LowRankDelta | None]]:
-        """The edits of file `name` (one, or a stack's in order), each with its saved factors or None; NotFound
-        if there is none."""
+    def _existing(self, name: str) -> Path:
         path = self.file(name)
         if not path.exists():
             raise NotFound(f"no saved edit named {path.stem!r} in {self.path}")
         if not path.is_file():
             raise InvalidEdit(f"{path} is not an edit file (it is a folder or a device)")
-        return read_edits(path, max_side=self.max_side)
+        return path
+
+    def read(self, name: str) -> list[tuple[EditSpec, LowRankDelta | None]]:
+        """The edits of file `name` (one, or a stack's in order), each with its saved factors or None (a
+        multi-edit file's rules: None, their factors are the joint solve's, see `read_joint`); NotFound if
+        there is none."""
+        joint = self.read_joint(name)
+        if joint is not None:
+            return [(spec, None) for spec in joint[0]]
+        return read_edits(self._existing(name), max_side=self.max_side)
+
+    def read_joint(self, name: str) -> tuple[list[EditSpec], list[SolvedGroup] | None] | None:
+        """A multi-edit file's rules and joint solves (None when it was saved unsolved); None for other files."""
+        path = self._existing(name)
+        if not is_multi_edit(read_edit_json(path)):
+            return None
+        return load_multi_edit(path, max_side=self.max_side)
