@@ -630,3 +630,62 @@ def test_a_search_whose_direction_fires_along_an_edge_is_warned_about(page):
                          " const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
                          " for (let i = 0; i < d.length; i += 4) if (d[i + 3] > 0) return true; return false; })")
     shots(pg, "12-edge-warning")
+
+
+def test_overlapping_edits_are_solved_together_from_the_history_saved_and_loaded(page, server):
+    # open-smile and red-lips: two rules around the mouth at b32 whose contexts overlap (0.33)
+    pg = page
+    pg.click("#guide-close")
+    pg.uncheck("#live")
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    names = []
+    for i, example in enumerate(("open-smile", "red-lips")):
+        data = (examples / example / "edit.json").read_bytes()
+        names.append(json.loads(data)["name"])
+        pg.set_input_files("#import", files=[{"name": f"{example}.json", "mimeType": "application/json", "buffer": data}])
+        pg.wait_for_function(f"() => document.querySelector('#message').textContent.startsWith('imported {example}')")
+        pg.click(f'#saved-list button.load[data-name="{example}"]')
+        pg.wait_for_function(f"() => document.querySelectorAll('#history li:not(.undone)').length === {i + 1}",
+                             timeout=120_000)
+        wait_job(pg)
+    assert history_names(pg) == names and pg.locator("#together button").count() == 1
+    button = pg.locator("#together button")
+    assert button.inner_text() == "solve the 2 edits at b32 together"
+    pg.wait_for_selector("#edit-report:not([hidden])")
+    assert "solve them together (History: “solve together”)" in pg.inner_text("#edit-report")
+    shots(pg, "13-solve-together-offered")
+    button.click()
+    pg.wait_for_selector("#cancel:not([hidden])")
+    wait_job(pg)
+    pg.wait_for_function("() => document.querySelectorAll('#history li:not(.undone)').length === 1")
+    joint = f"joint: {names[0]} + {names[1]}"
+    assert history_names(pg) == [joint] and pg.locator("#together button").count() == 0
+    assert pg.locator("#history li .show").is_hidden()
+    assert pg.inner_text("#message").startswith(f"solved {names[0]} + {names[1]} together in ")
+    report = pg.inner_text("#edit-report").splitlines()
+    assert report[0] == "How the 2 edits solved together took on 16 held-out images:", report
+    assert f"{names[0]}:" in report and f"{names[1]}:" in report
+    assert sum(line.startswith("paste fidelity") for line in report) == 2, report  # one report each
+    assert report[-1].startswith(f"Note: overlap: '{names[0]}' and '{names[1]}'") and "solved together" in report[-1]
+    pg.wait_for_function("() => /-e\\d+$/.test(document.querySelector('#gallery').dataset.state)")
+    shots(pg, "13-solved-together")
+    state = pg.get_attribute("#gallery", "data-state")
+    solved = {s: pg.request.get(pg.url.rstrip("/") + f"/api/images/{state}/{s}.png").body() for s in (0, 1, 2)}
+    # save: the joint edit alone (no whole-stack choice), a file of 2 rules solved together
+    options = pg.eval_on_selector_all("#save-what option", "els => els.map(e => e.value)")
+    assert options == ["last", "draft"], options
+    pg.fill("#save-name", "smile-lips")
+    pg.click("#save")
+    pg.wait_for_selector('#saved-list li[data-name="smile-lips"]')
+    assert pg.inner_text('#saved-list li[data-name="smile-lips"] .kind') == "2 together"
+    assert json.loads((server[1] / "smile-lips.json").read_text())["format"] == "model-rewrite-multi-edit"
+    # revert and load it: the joint edit at once, the same images
+    pg.click("#revert")
+    pg.wait_for_function("() => /-base$/.test(document.querySelector('#gallery').dataset.state)")
+    pg.click('#saved-list button.load[data-name="smile-lips"]')
+    pg.wait_for_function("() => document.querySelectorAll('#history li:not(.undone)').length === 1")
+    assert history_names(pg) == [joint]
+    pg.wait_for_function("(s) => /-e\\d+$/.test(document.querySelector('#gallery').dataset.state)")
+    state = pg.get_attribute("#gallery", "data-state")
+    for s, png in solved.items():
+        assert pg.request.get(pg.url.rstrip("/") + f"/api/images/{state}/{s}.png").body() == png, s

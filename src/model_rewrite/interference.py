@@ -119,10 +119,11 @@ class Overlap:
     def to_dict(self) -> dict[str, Any]:
         return {"rules": [self.a, self.b], "layer": self.layer, "overlap": self.value, "warns": self.warns}
 
-    def warning(self, joint: bool) -> str:
-        """What a user should know about two overlapping rules, solved together (`joint`) or stacked."""
+    def warning(self, joint: bool, remedy: str = "measure them alone, joint and stacked with `model-rewrite apply EDITS --joint`") -> str:
+        """What a user should know about two overlapping rules, solved together (`joint`) or stacked (then
+        `remedy` says what else to try)."""
         how = "solved together" if joint else "stacked"
-        then = "" if joint else ", or measure them alone, joint and stacked with `model-rewrite apply EDITS --joint`"
+        then = "" if joint else f", or {remedy}"
         return (f"overlap: {self.a!r} and {self.b!r} respond to the same keys at {self.layer} (overlap {self.value:.2f}; "
                 f"warned from {OVERLAP_WARN}): {how}, each may undo part of the other; check both in the grid{then}")
 

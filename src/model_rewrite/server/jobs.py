@@ -22,6 +22,7 @@ from ..stack import StackEntry
 from .errors import SessionBusy
 
 log = logging.getLogger(__name__)
+WEB_REMEDY = "solve them together (History: “solve together”)"  # what the page offers for overlapping stacked edits
 
 
 @dataclass
@@ -145,7 +146,8 @@ def busy_message(job: Job) -> str:
 def overlap_notes(rw: Rewriter, entry_ids: Sequence[int], compute_stats: bool = True) -> list[str]:
     """A warning for each active edit before (or among) `entry_ids` that the new edits overlap
     (interference.stack_overlaps; without `compute_stats` only where the layer's statistics are known)."""
-    return [o.warning(joint=False) for i in entry_ids for o in stack_overlaps(rw, i, compute_stats) if o.warns]
+    return [o.warning(joint=False, remedy=WEB_REMEDY) for i in entry_ids for o in stack_overlaps(rw, i, compute_stats)
+            if o.warns]
 
 
 def solve_and_push(rw: Rewriter, spec: EditSpec, report_seeds: Sequence[int], job: Job, measure: bool = True) -> None:

@@ -68,7 +68,7 @@ function runningJob() {
 }
 
 function jobWords(j) {
-  const what = { suggest: "suggestion", load: "loading of" }[j.kind] || "edit";
+  const what = { suggest: "suggestion", load: "loading of", joint: "joint solve of" }[j.kind] || "edit";
   const where = j.phase === "solving" && j.steps ? `, step ${j.step} of ${j.steps}` : "";
   return `the ${what} “${j.name}”${where}`;
 }
@@ -265,7 +265,7 @@ function syncControls() {
   $("#undo").disabled = running || !h.entries.length;
   $("#redo").disabled = running || !h.undone.length;
   $("#revert").disabled = running || !h.entries.length;
-  $$("#history button").forEach((b) => { b.disabled = running; });
+  $$("#history button, #together button").forEach((b) => { b.disabled = running; });
   $$("#saved-list button.load").forEach((b) => { b.disabled = running || b.dataset.compatible !== "1"; });
   syncSaveChoices();
   const what = $("#save-what").value;

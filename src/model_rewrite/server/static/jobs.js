@@ -122,8 +122,22 @@ function showNote(heading, note) {
   el.title = "";
 }
 
+// Rules solved together: each one's report inside the joint edit.
+function reportsText(rs, note) {
+  return `How the ${rs.length} edits solved together took on ${rs[0].heldout_seeds.length} held-out images:\n` +
+    rs.map((r) => `${r.name}:\n` + r.lines.join("\n")).join("\n") + noteLines(note);
+}
+
 function showReport(j) {
   const el = $("#edit-report");
+  const rs = j && j.state === "done" && j.reports && j.reports.length ? j.reports : null;
+  if (rs) {
+    el.hidden = false;
+    el.classList.remove("error");
+    el.textContent = reportsText(rs, j.note);
+    el.title = rs.map((r) => `${r.name}: the rule fires on ${(100 * r.fire_fraction).toFixed(1)} % of the pixels`).join("; ");
+    return;
+  }
   const r = j && j.state === "done" ? j.report : null;
   el.hidden = !(r || (j && j.state === "done" && j.error));
   el.classList.toggle("error", !r);
@@ -173,7 +187,7 @@ async function jobEnded(j) {
     say(`tried ${j.suggestions.length} layers and ranks in ${j.seconds.toFixed(1)} s; best: ${best.layer}, rank ${best.rank}`);
     showSuggestions(j.suggestions);
   } else if (j.state === "done") {
-    say(`applied ${j.name} in ${j.seconds.toFixed(1)} s`);
+    say(j.reports ? `solved ${j.name} together in ${j.seconds.toFixed(1)} s` : `applied ${j.name} in ${j.seconds.toFixed(1)} s`);
     showReport(j);
     if (app.view === "original") setView("edited"); else app.pending.set("gallery", { what: "The gallery will update", retry: loadGallery });
   } else if (j.state === "cancelled") {

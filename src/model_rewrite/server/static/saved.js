@@ -14,7 +14,7 @@ async function refreshHistory() {
     const name = document.createElement("span");
     name.className = "name";
     name.textContent = e.name;
-    name.title = `${e.layer}, rank ${e.rank}`;
+    name.title = `${e.layer}, rank ${e.rank}` + (e.members.length ? `: ${e.members.length} edits solved together` : "");
     const show = document.createElement("button");
     show.className = "show";
     show.textContent = "show";
@@ -26,9 +26,11 @@ async function refreshHistory() {
     rm.textContent = "remove";
     rm.setAttribute("aria-label", `remove ${e.name} from the model`);
     rm.addEventListener("click", () => historyAction("DELETE", `/api/history/${e.id}`));
+    show.hidden = !e.edit; // edits solved together: their regions are their rules' (saved with them)
     li.append(name, show, rm);
     root.appendChild(li);
   }
+  syncTogether(h.entries);
   for (const e of h.undone) {
     const li = document.createElement("li");
     li.className = "undone";
@@ -36,6 +38,31 @@ async function refreshHistory() {
     root.appendChild(li);
   }
   syncControls();
+}
+
+// One "solve together" button per layer where two or more applied rules are stacked (an edit solved together
+// counts as its rules): they are solved again as one joint edit (a job), in the place of the last of them.
+function syncTogether(entries) {
+  const root = $("#together");
+  root.textContent = "";
+  const rules = new Map();
+  for (const e of entries) rules.set(e.layer, (rules.get(e.layer) || 0) + Math.max(1, e.members.length));
+  for (const [layer, n] of rules) {
+    if (n < 2 || entries.filter((e) => e.layer === layer).length < 2) continue;
+    const b = document.createElement("button");
+    b.className = "together";
+    b.dataset.layer = layer;
+    b.textContent = `solve the ${n} edits at ${layer} together`;
+    b.title = "solve them again as one joint edit, so that none undoes part of another (each is measured inside it)";
+    b.addEventListener("click", () => solveTogether(layer));
+    root.appendChild(b);
+  }
+}
+
+async function solveTogether(layer) {
+  const job = await whenFree("together", "Solving together will start", () => api("POST", "/api/history/joint", { layer }),
+    () => solveTogether(layer));
+  if (job) followJob(job);
 }
 
 async function historyAction(method, url) {
@@ -51,7 +78,8 @@ function syncSaveChoices() {
   const sel = $("#save-what");
   const n = app.history.entries.length;
   const want = [];
-  if (n > 1) want.push(["stack", `the whole stack (${n} edits, in order)`]);
+  // an edit-stack file holds single edits; an edit solved together is saved alone (with its rules)
+  if (n > 1 && !app.history.entries.some((e) => e.members.length)) want.push(["stack", `the whole stack (${n} edits, in order)`]);
   if (n === 1) want.push(["last", "the applied edit (with its solved factors)"]);
   if (n > 1) want.push(["last", `only the last edit (${app.history.entries[n - 1].name})`]);
   want.push(["draft", "the draft (unsolved: solved when loaded)"]);
@@ -88,7 +116,8 @@ async function refreshSaved() {
     name.title = e.compatible ? `${e.layer}${e.has_factors ? ", solved" : ", solved when loaded"}` : e.error;
     const kind = document.createElement("span");
     kind.className = "kind";
-    kind.textContent = !e.readable ? "unreadable" : e.kind === "stack" ? `stack of ${e.count}` : e.has_factors ? "edit" : "draft";
+    kind.textContent = !e.readable ? "unreadable" : e.kind === "stack" ? `stack of ${e.count}`
+      : e.kind === "joint" ? `${e.count} together` : e.has_factors ? "edit" : "draft";
     const load = document.createElement("button");
     load.className = "load";
     load.dataset.name = e.name;
