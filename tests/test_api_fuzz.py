@@ -64,5 +64,5 @@ def test_no_request_makes_a_server_error(case):
 def test_the_fuzz_reaches_every_endpoint():
     """Every operation of the API is in the schema the fuzz reads (so none is left out)."""
     ops = {(op.method.upper(), op.path) for op in (r.ok() for r in schema.get_all_operations())}
-    assert len(ops) == 25 and ("POST", "/api/history/joint") in ops and ("POST", "/api/live") in ops and ("POST", "/api/edits/{name}/load") in ops and ("GET", "/api/export") in ops
+    assert len(ops) == 26 and ("POST", "/api/history/{entry_id}/take-out") in ops and ("POST", "/api/history/joint") in ops and ("POST", "/api/live") in ops and ("POST", "/api/edits/{name}/load") in ops and ("GET", "/api/export") in ops
     assert Path(__file__).read_text().count("EXAMPLES_PER_ENDPOINT") >= 2

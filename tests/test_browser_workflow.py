@@ -104,7 +104,7 @@ def paint_edit(pg, context_seeds: tuple[int, ...] = (1, 2)) -> None:
 
 
 def history_names(pg) -> list[str]:
-    return pg.eval_on_selector_all("#history li:not(.undone) .name", "els => els.map(e => e.textContent)")
+    return pg.eval_on_selector_all("#history > li:not(.undone) > .name", "els => els.map(e => e.textContent)")
 
 
 def disabled(pg, sel: str) -> bool:
@@ -645,7 +645,7 @@ def test_overlapping_edits_are_solved_together_from_the_history_saved_and_loaded
         pg.set_input_files("#import", files=[{"name": f"{example}.json", "mimeType": "application/json", "buffer": data}])
         pg.wait_for_function(f"() => document.querySelector('#message').textContent.startsWith('imported {example}')")
         pg.click(f'#saved-list button.load[data-name="{example}"]')
-        pg.wait_for_function(f"() => document.querySelectorAll('#history li:not(.undone)').length === {i + 1}",
+        pg.wait_for_function(f"() => document.querySelectorAll('#history > li:not(.undone)').length === {i + 1}",
                              timeout=120_000)
         wait_job(pg)
     assert history_names(pg) == names and pg.locator("#together button").count() == 1
@@ -657,11 +657,11 @@ def test_overlapping_edits_are_solved_together_from_the_history_saved_and_loaded
     button.click()
     pg.wait_for_selector("#cancel:not([hidden])")
     wait_job(pg)
-    pg.wait_for_function("() => document.querySelectorAll('#history li:not(.undone)').length === 1")
+    pg.wait_for_function("() => document.querySelectorAll('#history > li:not(.undone)').length === 1")
     joint = f"joint: {names[0]} + {names[1]}"
     assert history_names(pg) == [joint] and pg.locator("#together button").count() == 0
-    assert pg.locator("#history li .show").is_hidden()
-    assert pg.inner_text("#message").startswith(f"solved {names[0]} + {names[1]} together in ")
+    assert pg.locator("#history > li > .show").is_hidden()
+    assert pg.inner_text("#message").startswith(f"solved together: {names[0]} + {names[1]} in ")
     report = pg.inner_text("#edit-report").splitlines()
     assert report[0] == "How the 2 edits solved together took on 16 held-out images:", report
     assert f"{names[0]}:" in report and f"{names[1]}:" in report
@@ -669,6 +669,10 @@ def test_overlapping_edits_are_solved_together_from_the_history_saved_and_loaded
     assert report[-1].startswith(f"Note: overlap: '{names[0]}' and '{names[1]}'") and "solved together" in report[-1]
     pg.wait_for_function("() => /-e\\d+$/.test(document.querySelector('#gallery').dataset.state)")
     shots(pg, "13-solved-together")
+    from axe_playwright_python.sync_playwright import Axe
+
+    serious = [(v["id"], v["help"]) for v in Axe().run(pg).response["violations"] if v["impact"] in ("serious", "critical")]
+    assert not serious, serious  # the joint edit's rules and their buttons too
     state = pg.get_attribute("#gallery", "data-state")
     solved = {s: pg.request.get(pg.url.rstrip("/") + f"/api/images/{state}/{s}.png").body() for s in (0, 1, 2)}
     # save: the joint edit alone (no whole-stack choice), a file of 2 rules solved together
@@ -683,9 +687,19 @@ def test_overlapping_edits_are_solved_together_from_the_history_saved_and_loaded
     pg.click("#revert")
     pg.wait_for_function("() => /-base$/.test(document.querySelector('#gallery').dataset.state)")
     pg.click('#saved-list button.load[data-name="smile-lips"]')
-    pg.wait_for_function("() => document.querySelectorAll('#history li:not(.undone)').length === 1")
+    pg.wait_for_function("() => document.querySelectorAll('#history > li:not(.undone)').length === 1")
     assert history_names(pg) == [joint]
     pg.wait_for_function("(s) => /-e\\d+$/.test(document.querySelector('#gallery').dataset.state)")
     state = pg.get_attribute("#gallery", "data-state")
     for s, png in solved.items():
         assert pg.request.get(pg.url.rstrip("/") + f"/api/images/{state}/{s}.png").body() == png, s
+    # take red-lips out: open-smile is solved again, alone, in its place; the report and history say so
+    assert pg.eval_on_selector_all("#history .members .name", "els => els.map(e => e.textContent)") == names
+    pg.click(f'#history .members button[aria-label="take {names[1]} out of {joint}"]')
+    pg.wait_for_selector("#cancel:not([hidden])")
+    wait_job(pg)
+    pg.wait_for_function(f"() => document.querySelector('#history > li > .name').textContent === 'joint: {names[0]}'")
+    assert pg.inner_text("#edit-report").splitlines()[:2] == [
+        "How the edit took on 16 held-out images:", f"{names[0]}:"]
+    assert pg.inner_text("#message").startswith(f"solved again: {names[0]} in ")
+    shots(pg, "13-taken-out")

@@ -144,7 +144,7 @@ ENDPOINTS = {
     ("POST", "/api/preview"), ("POST", "/api/suggest"), ("POST", "/api/search"), ("POST", "/api/matches"), ("POST", "/api/execute"),
     ("GET", "/api/job"), ("POST", "/api/job/cancel"), ("GET", "/api/history"), ("POST", "/api/history/undo"),
     ("POST", "/api/history/redo"), ("POST", "/api/history/revert"), ("DELETE", "/api/history/{entry_id}"),
-    ("POST", "/api/history/joint"),
+    ("POST", "/api/history/joint"), ("POST", "/api/history/{entry_id}/take-out"),
     ("GET", "/api/edits"), ("POST", "/api/edits"), ("POST", "/api/edits/import"), ("GET", "/api/edits/{name}"),
     ("GET", "/api/edits/{name}/file"), ("POST", "/api/edits/{name}/load"), ("GET", "/api/export"),
     ("GET", "/api/openapi.json"), ("POST", "/api/suggest"), ("POST", "/api/spectrum"), ("POST", "/api/live"),

@@ -155,3 +155,54 @@ def test_rules_imported_together_without_factors_are_solved_together_when_loaded
     rw = Rewriter("tiny", cache_dir=stats_cache)
     (result,) = rw.solve_many([EditSpec.from_dict(m) for m in data["members"]])
     torch.testing.assert_close(session.rw.stack.entries[0].delta.dense(), result.delta.dense(), rtol=0, atol=1e-6)
+
+
+def test_a_rule_taken_out_of_a_joint_edit_leaves_the_others_solved_together(client, session, stats_cache):
+    two_edits_and_one_upstream(client)
+    stacked = {e["name"]: e for e in client.get("/api/history").json()["entries"]}
+    client.post("/api/history/joint", json={"layer": "b16"})
+    wait_job(client)
+    joint = client.get("/api/history").json()["entries"][1]
+    assert_error(client.post(f"/api/history/{joint['id']}/take-out", json={"member": 2}), 400, "rules 0..1, not 2")
+    assert_error(client.post(f"/api/history/{stacked['up']['id']}/take-out", json={"member": 0}), 400,
+                 "not solved together", "remove it instead")
+    assert_error(client.post("/api/history/999/take-out", json={"member": 0}), 404, "no applied edit has id 999")
+
+    r = client.post(f"/api/history/{joint['id']}/take-out", json={"member": 0})  # 'first' out
+    assert r.status_code == 202, r.text
+    assert r.json()["job"]["kind"] == "joint" and r.json()["job"]["name"] == "second"
+    job = wait_job(client)
+    assert job["state"] == "done" and [rep["name"] for rep in job["reports"]] == ["second"]
+    h = client.get("/api/history").json()
+    assert [e["name"] for e in h["entries"]] == ["up", "joint: second"] and h["entries"][1]["members"] == ["second"]
+    # the weights: 'second' solved (jointly, alone) on the model with only 'up' applied
+    rw = Rewriter("tiny", cache_dir=stats_cache)
+    w0 = weight(rw)
+    up = session.rw.stack.entries[0]
+    rw.apply(up.spec, up.delta)
+    (result,) = rw.solve_many([EditSpec.from_dict(stacked["second"]["edit"])])
+    torch.testing.assert_close(weight(session), w0 + result.delta.dense(), rtol=0, atol=1e-6)
+
+    # its last rule: the edit is removed at once, no job
+    out = client.post(f"/api/history/{h['entries'][1]['id']}/take-out", json={"member": 0}).json()
+    assert out["job"] is None and [e["name"] for e in out["history"]["entries"]] == ["up"]
+    assert torch.equal(weight(session), w0)
+
+
+def test_a_cancelled_take_out_leaves_the_joint_edit_as_it_was(client, session, monkeypatch):
+    two_edits_and_one_upstream(client)
+    client.post("/api/history/joint", json={"layer": "b16"})
+    wait_job(client)
+    before, w = client.get("/api/history").json(), weight(session)
+    solve_many = session.rw.solve_many
+
+    def after_cancel(specs, on_step=None):
+        while not session.job.cancel.is_set():
+            time.sleep(0.01)
+        return solve_many(specs, on_step)
+
+    monkeypatch.setattr(session.rw, "solve_many", after_cancel)
+    assert client.post(f"/api/history/{before['entries'][1]['id']}/take-out", json={"member": 1}).status_code == 202
+    client.post("/api/job/cancel")
+    assert wait_job(client)["state"] == "cancelled"
+    assert client.get("/api/history").json() == before and torch.equal(weight(session), w)

@@ -321,9 +321,10 @@ class Rewriter:
                                        f"that layer's weight ({self.spec(r.layer).param_path})")
         return self.stack.push_many([(r.delta, r.name, r.members) for r in results])
 
-    def remove_member(self, entry_id: int, member: int) -> StackEntry | None:
+    def remove_member(self, entry_id: int, member: int, on_step: StepCallback | None = None) -> StackEntry | None:
         """Take member `member` out of the joint entry `entry_id`: the others are solved again jointly (against
-        the model without this entry) and take its place; with none left the entry is removed (None)."""
+        the model without this entry) and take its place; with none left the entry is removed (None). SolveError
+        when `on_step` cancels the solve (the entry stays as it was)."""
         entry = next((e for e in self.stack.entries if e.id == entry_id), None)
         if entry is None or not entry.members:
             raise InvalidEdit(f"no active joint edit has id {entry_id}")
@@ -334,7 +335,9 @@ class Rewriter:
             self.stack.remove(entry_id)
             return None
         with self.stack.without(entry_id):
-            (result,) = self.solve_many(rest)
+            (result,) = self.solve_many(rest, on_step)
+        if result.cancelled:
+            raise SolveError("the joint solve was cancelled")
         return self.stack.replace(entry_id, result.delta, result.name, result.members)
 
     def _solve_reference(self, edit: EditSpec, spec: LayerSpec, dirs: torch.Tensor, paste_obs: Observation,

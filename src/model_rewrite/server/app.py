@@ -282,6 +282,14 @@ def create_app(session: EditSession, host: str | None = None, hosts: Sequence[st
         share; 409 while another job runs."""
         return _job_out(session.start_joint(body.layer))
 
+    @app.post("/api/history/{entry_id}/take-out", response_model=S.TakeOutOut, status_code=202)
+    def take_out(entry_id: int, body: S.TakeOutIn) -> S.TakeOutOut:
+        """Take one rule out of an edit solved together: the others are solved again together (a job, in its
+        place); its only rule: the edit is removed at once (`job` null). 404 for no such edit, 400 for one not
+        solved together or no such rule, 409 while another job runs."""
+        job = session.start_take_out(entry_id, body.member)
+        return S.TakeOutOut(job=_job_out(job) if job is not None else None, history=history_out())
+
     @app.delete("/api/history/{entry_id}", response_model=S.HistoryOut)
     def remove(entry_id: int) -> S.HistoryOut:
         session.remove(entry_id)

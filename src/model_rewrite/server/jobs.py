@@ -13,11 +13,11 @@ from typing import Any
 
 from ..config import RenderConfig
 from ..edits import EditSpec
-from ..errors import InvalidEdit, RewriteError
+from ..errors import InvalidEdit, RewriteError, SolveError
 from ..interference import overlaps, stack_overlaps
 from ..quality import quality_report
 from ..rewrite import Rewriter
-from ..solve import refinement_note
+from ..solve import StepCallback, refinement_note
 from ..stack import StackEntry
 from .errors import SessionBusy
 
@@ -236,15 +236,32 @@ def solve_together(rw: Rewriter, entry_ids: Sequence[int], report_seeds: Sequenc
     _measure_members(rw, [entry], report_seeds, job)
 
 
+def take_out(rw: Rewriter, entry_id: int, member: int, report_seeds: Sequence[int], job: Job) -> None:
+    """A job's work: rule `member` taken out of the joint entry `entry_id` (`Rewriter.remove_member`: the others
+    solved again together, in its place), then measured; cancelling leaves the entry as it was."""
+    entry = next(e for e in rw.stack.entries if e.id == entry_id)
+    on_step = _progress(rw, [m.spec for i, m in enumerate(entry.members) if i != member], job)
+    try:
+        new = rw.remove_member(entry_id, member, on_step)
+    except SolveError:
+        if job.cancel.is_set():
+            raise JobCancelled from None
+        raise
+    if new is None:  # its last rule: the entry is gone
+        job.entry_id, job.phase = None, "done"
+        return
+    _measure_members(rw, [new], report_seeds, job)
+
+
 def solve_joint_batch(rw: Rewriter, specs: Sequence[EditSpec], report_seeds: Sequence[int], job: Job) -> None:
     """A job's work: rules solved together (one joint entry per layer, pushed as one batch), then measured."""
     results = _solve_jointly(rw, specs, job)
     _measure_members(rw, rw.apply_many(specs, results), report_seeds, job)
 
 
-def _solve_jointly(rw: Rewriter, specs: Sequence[EditSpec], job: Job, leave_out: Sequence[int] = ()) -> list[Any]:
-    """`Rewriter.solve_many(specs)` with the job's progress (statistics, then the refinement's steps) and cancel
-    flag, against the model without the active entries `leave_out`; the model is left as it was."""
+def _progress(rw: Rewriter, specs: Sequence[EditSpec], job: Job) -> StepCallback:
+    """The statistics of `specs`' layers, collected with the job's progress and cancel flag; then the job is
+    "solving": the callback returned follows the solve's steps and cancels it with the job."""
     def stats_progress(done: int, total: int) -> None:
         job.step, job.steps = done, total
         if job.cancel.is_set():
@@ -253,13 +270,20 @@ def _solve_jointly(rw: Rewriter, specs: Sequence[EditSpec], job: Job, leave_out:
     job.phase = "statistics"
     for layer in dict.fromkeys(s.layer for s in specs):
         rw.stats(layer, next(s.stats for s in specs if s.layer == layer), progress=stats_progress)
-    job.phase, job.step, job.steps = "solving", 0, specs[0].update.planned_steps
+    job.phase, job.step, job.steps = "solving", 0, specs[0].update.planned_steps if specs else 0
 
     def on_step(step: int, loss: float) -> bool:
         job.step = step
         job.losses.append(loss)
         return job.cancel.is_set()
 
+    return on_step
+
+
+def _solve_jointly(rw: Rewriter, specs: Sequence[EditSpec], job: Job, leave_out: Sequence[int] = ()) -> list[Any]:
+    """`Rewriter.solve_many(specs)` with the job's progress (statistics, then the refinement's steps) and cancel
+    flag, against the model without the active entries `leave_out`; the model is left as it was."""
+    on_step = _progress(rw, specs, job)
     with ExitStack() as without:
         for entry_id in leave_out:
             without.enter_context(rw.stack.without(entry_id))

@@ -205,6 +205,10 @@ class JointIn(BaseModel):
     layer: str = Field(min_length=1, max_length=200)  # every applied edit at this layer is solved again, together
 
 
+class TakeOutIn(BaseModel):
+    member: int = Field(ge=0, le=100_000)  # the rule's index among the joint edit's `members`
+
+
 class JobStatus(BaseModel):
     job: JobOut | None
 
@@ -223,6 +227,11 @@ class HistoryOut(BaseModel):
     state: str
     entries: list[EntryOut]
     undone: list[EntryOut]  # redo list, next redo first
+
+
+class TakeOutOut(BaseModel):
+    job: JobOut | None  # the others solved again together; None: it was the edit's only rule (removed at once)
+    history: HistoryOut
 
 
 class SavedEditOut(BaseModel):

@@ -30,7 +30,7 @@ from ..update import LowRankDelta
 from .context import ContextFinder
 from .errors import DuplicateEdit, NotFound
 from .jobs import (Job, ModelLock, overlap_notes, push_all, rules_of, solve_and_push, solve_joint_batch, solve_together,
-                   suggest_layers)
+                   suggest_layers, take_out)
 from .rendering import Renderer, copy_preview
 from .storage import EditFolder
 
@@ -218,6 +218,22 @@ class EditSession:
         check_group(check_batch(specs))
         return self.lock.start("joint", " + ".join(s.name or "edit" for s in specs),
                                partial(solve_together, self.rw, [e.id for e in entries], self.report_seeds))
+
+    def start_take_out(self, entry_id: int, member: int) -> Job | None:
+        """Take rule `member` out of the joint edit `entry_id`: the others are solved again together in a job
+        (jobs.take_out); its only rule: the edit is removed at once (None)."""
+        entry = next((e for e in self.rw.stack.entries if e.id == entry_id), None)
+        if entry is None:
+            raise NotFound(f"no applied edit has id {entry_id}")
+        if not entry.members:
+            raise InvalidEdit(f"edit {entry.name!r} was not solved together with others; remove it instead")
+        if not 0 <= member < len(entry.members):
+            raise InvalidEdit(f"edit {entry.name!r} has rules 0..{len(entry.members) - 1}, not {member}")
+        rest = [m.spec.name or f"edit {i}" for i, m in enumerate(entry.members) if i != member]
+        if not rest:
+            self.remove(entry_id)
+            return None
+        return self.lock.start("joint", " + ".join(rest), partial(take_out, self.rw, entry_id, member, self.report_seeds))
 
     def start_suggest(self, spec: EditSpec) -> Job:
         """Try `spec` at every layer and ranks 1, 2, 4 in a background job (see `Rewriter.suggest`)."""

@@ -124,7 +124,8 @@ function showNote(heading, note) {
 
 // Rules solved together: each one's report inside the joint edit.
 function reportsText(rs, note) {
-  return `How the ${rs.length} edits solved together took on ${rs[0].heldout_seeds.length} held-out images:\n` +
+  const what = rs.length > 1 ? `the ${rs.length} edits solved together` : "the edit";
+  return `How ${what} took on ${rs[0].heldout_seeds.length} held-out images:\n` +
     rs.map((r) => `${r.name}:\n` + r.lines.join("\n")).join("\n") + noteLines(note);
 }
 
@@ -187,7 +188,8 @@ async function jobEnded(j) {
     say(`tried ${j.suggestions.length} layers and ranks in ${j.seconds.toFixed(1)} s; best: ${best.layer}, rank ${best.rank}`);
     showSuggestions(j.suggestions);
   } else if (j.state === "done") {
-    say(j.reports ? `solved ${j.name} together in ${j.seconds.toFixed(1)} s` : `applied ${j.name} in ${j.seconds.toFixed(1)} s`);
+    const how = !j.reports ? "applied" : j.reports.length > 1 ? "solved together:" : "solved again:";
+    say(`${how} ${j.name} in ${j.seconds.toFixed(1)} s`);
     showReport(j);
     if (app.view === "original") setView("edited"); else app.pending.set("gallery", { what: "The gallery will update", retry: loadGallery });
   } else if (j.state === "cancelled") {

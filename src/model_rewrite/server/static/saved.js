@@ -28,6 +28,10 @@ async function refreshHistory() {
     rm.addEventListener("click", () => historyAction("DELETE", `/api/history/${e.id}`));
     show.hidden = !e.edit; // edits solved together: their regions are their rules' (saved with them)
     li.append(name, show, rm);
+    if (e.members.length) {
+      li.classList.add("joint");
+      li.append(membersList(e));
+    }
     root.appendChild(li);
   }
   syncTogether(h.entries);
@@ -38,6 +42,37 @@ async function refreshHistory() {
     root.appendChild(li);
   }
   syncControls();
+}
+
+// The rules of an edit solved together, each with "take out": the others are solved again together (a job).
+function membersList(e) {
+  const ul = document.createElement("ul");
+  ul.className = "members";
+  e.members.forEach((m, i) => {
+    const li = document.createElement("li");
+    const name = document.createElement("span");
+    name.className = "name";
+    name.textContent = m;
+    const out = document.createElement("button");
+    out.className = "take-out";
+    out.textContent = "take out";
+    out.title = e.members.length > 1 ? "take this rule out; the others are solved again together" : "remove this edit";
+    out.setAttribute("aria-label", `take ${m} out of ${e.name}`);
+    out.addEventListener("click", () => takeOut(e.id, i));
+    li.append(name, out);
+    ul.appendChild(li);
+  });
+  return ul;
+}
+
+async function takeOut(id, member) {
+  const out = await whenFree("take-out", "Taking the rule out will start",
+    () => api("POST", `/api/history/${id}/take-out`, { member }), () => takeOut(id, member));
+  if (!out) return;
+  if (out.job) return followJob(out.job);
+  showReport(null);
+  await refreshHistory();
+  await loadGallery();
 }
 
 // One "solve together" button per layer where two or more applied rules are stacked (an edit solved together
