@@ -146,3 +146,17 @@ class KeysAreTheLatent(torch.nn.Module):
 def hook_count(model: torch.nn.Module) -> int:
     """Forward hooks and pre-hooks left on any module of `model`."""
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def open_advanced(pg) -> None:
+    """Open the page's Advanced settings. A click on their summary can land elsewhere when the layout moves
+    under it (images of a live preview arriving, seen once under a full test run): then it is clicked again."""
+    for _ in range(3):
+        if pg.is_visible("#steps"):
+            return
+        pg.click("#advanced > summary")
+        try:
+            pg.wait_for_selector("#steps", state="visible", timeout=2000)
+        except Exception:  # noqa: BLE001 (playwright's TimeoutError): try the click again
+            pass
+    assert pg.is_visible("#steps"), "the Advanced settings did not open"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import (ARTIFACTS, CHROMIUM, FACE_MODEL_REASON, chromium, has_face_model, image_from_png, live_server,
-                     served_page)
+                     open_advanced, served_page)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.skipif(not has_face_model(), reason=FACE_MODEL_REASON)]
 
@@ -277,7 +277,7 @@ def test_cancel_leaves_the_model_unchanged(page):
     paint(pg, 3, scribble(20, 32, 20, 36))
     tool(pg, "paste")
     paint(pg, 4, scribble(20, 32, 20, 36))
-    pg.click("summary")
+    open_advanced(pg)
     pg.fill("#steps", "5000")
     pg.click("#execute")
     pg.wait_for_function("() => /step [1-9]/.test(document.querySelector('#job-status').textContent)", timeout=60_000)

@@ -18,7 +18,7 @@ import re
 import numpy as np
 import pytest
 from helpers import (ARTIFACTS, CHROMIUM, FACE_MODEL_REASON, chromium, has_face_model, image_from_png, live_server,
-                     served_page)
+                     open_advanced, served_page)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.skipif(not has_face_model(), reason=FACE_MODEL_REASON)]
 
@@ -239,7 +239,7 @@ def test_cancel_leaves_undo_and_revert_disabled_on_an_empty_history(page):
     pg = page
     pg.click("#guide-close")
     paint_edit(pg, context_seeds=())
-    pg.click("summary")
+    open_advanced(pg)
     pg.fill("#steps", "10000")
     pg.press("#steps", "Tab")
     pg.click("#execute")
@@ -260,7 +260,7 @@ def test_browsing_during_a_job_is_queued_and_runs_when_it_ends(page):
     pg.click("#guide-close")
     pg.uncheck("#live")
     paint_edit(pg, context_seeds=())
-    pg.click("summary")
+    open_advanced(pg)
     pg.fill("#steps", "10000")
     pg.press("#steps", "Tab")
     pg.click("#execute")
@@ -535,7 +535,7 @@ def test_axe_finds_no_serious_or_critical_violations(page):
     pg.click("#execute")
     wait_job(pg)
     pg.wait_for_selector("#edit-report:not([hidden])")
-    pg.click("summary")
+    open_advanced(pg)
     pg.fill("#steps", "")  # an invalid input, marked
     check("painted-searched-executed")
     (ARTIFACTS / "workflow-axe.json").write_text(json.dumps(found, indent=1))
@@ -554,7 +554,7 @@ def test_inputs_are_checked_as_you_type_with_the_configs_bounds(page):
     assert pg.get_attribute("#rank", "max") == "256"
     paint_edit(pg, context_seeds=())
     assert not disabled(pg, "#execute")
-    pg.click("summary")
+    open_advanced(pg)
     for bad, words in (("", "required"), ("2.5", "whole number"), ("20001", "at most 20000"), ("-1", "at least 0")):
         pg.fill("#steps", bad)
         assert pg.get_attribute("#steps", "aria-invalid") == "true", bad
@@ -590,7 +590,7 @@ def test_a_refinement_that_did_nothing_is_said_under_the_report(page):
     pg.click("#guide-close")
     pg.uncheck("#live")
     paint_edit(pg)
-    pg.click("summary")
+    open_advanced(pg)
     pg.fill("#lr", "10")
     pg.fill("#steps", "4")
     pg.click("#execute")
