@@ -88,7 +88,8 @@ function syncTogether(entries) {
     b.className = "together";
     b.dataset.layer = layer;
     b.textContent = `solve the ${n} edits at ${layer} together`;
-    b.title = "solve them again as one joint edit, so that none undoes part of another (each is measured inside it)";
+    b.title = "solve them again as one joint edit that replaces them, so that none undoes part of another (each is " +
+      "measured inside it); save the stack first to keep the stacked versions";
     b.addEventListener("click", () => solveTogether(layer));
     root.appendChild(b);
   }
