@@ -17,7 +17,9 @@ from test_server import COPY, RES, assert_error, edit_body, run_edit, sel, wait_
 from web_fixtures import client, session, stats_cache  # noqa: F401  (fixtures)
 
 from model_rewrite import Rewriter
+from model_rewrite.cache import load_tensors
 from model_rewrite.edits import EditSpec
+from model_rewrite.joint import edit_content
 from model_rewrite.multiedit import load_multi_edit
 
 OTHER_PASTE = box_mask(RES, 2, 10, 18, 26)
@@ -72,6 +74,14 @@ def test_solving_the_edits_at_a_layer_together_replaces_them_with_one_joint_edit
     assert all(rep["heldout_seeds"] == list(range(1000, 1016)) and rep["lines"] for rep in job["reports"])
     (line,) = job["note"].splitlines()
     assert line.startswith("overlap: 'first' and 'second'") and "solved together" in line
+
+    # the exported model names the joint edit's rules in its metadata (the API's download)
+    path = stats_cache.parent / "joint-export.safetensors"
+    path.write_bytes(client.get("/api/export").content)
+    exported = load_tensors(path)[1]["edits"]
+    assert [e["name"] for e in exported] == ["up", "joint: first + second"]
+    assert [m["name"] for m in exported[1]["members"]] == ["first", "second"]
+    assert edit_content(EditSpec.from_dict(exported[1]["members"][1])) == edit_content(specs[1])
 
     # a rule inside the joint edit is applied already: executing it again is refused as a duplicate
     assert_error(client.post("/api/execute", json=edit_body(lr=1e-3) | {"name": "first again"}), 409,

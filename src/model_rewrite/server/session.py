@@ -388,6 +388,7 @@ class EditSession:
         from ..export import export_model
 
         with self.model_access(), tempfile.TemporaryDirectory() as tmp:
-            edits = [e.spec.to_dict() if e.spec is not None else {"name": e.name} for e in self.rw.stack.entries]
+            edits = [e.spec.to_dict() if e.spec is not None else  # an edit solved together: its rules
+                     {"name": e.name, "members": [m.spec.to_dict() for m in e.members]} for e in self.rw.stack.entries]
             path = export_model(self.rw.model, self.rw.info, Path(tmp) / "model.safetensors", edits=edits)
             return path.read_bytes()
