@@ -695,6 +695,10 @@ def test_overlapping_edits_are_solved_together_from_the_history_saved_and_loaded
         assert pg.request.get(pg.url.rstrip("/") + f"/api/images/{state}/{s}.png").body() == png, s
     # take red-lips out: open-smile is solved again, alone, in its place; the report and history say so
     assert pg.eval_on_selector_all("#history .members .name", "els => els.map(e => e.textContent)") == names
+    # show: a rule's regions come back as the draft (red-lips: three context images)
+    pg.click(f'#history .members button[aria-label="show the regions of {names[1]}"]')
+    pg.wait_for_function("() => document.querySelector('#message').textContent.includes('are the draft again')")
+    pg.wait_for_function("() => document.querySelectorAll('#context-tray .tray-item').length === 3")
     pg.click(f'#history .members button[aria-label="take {names[1]} out of {joint}"]')
     pg.wait_for_selector("#cancel:not([hidden])")
     wait_job(pg)

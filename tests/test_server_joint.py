@@ -57,6 +57,7 @@ def test_solving_the_edits_at_a_layer_together_replaces_them_with_one_joint_edit
     assert joint["id"] == job["entry_id"] and joint["layer"] == "b16" and joint["members"] == ["first", "second"]
     # one context for both rules: one direction, so the joint change has rank 1 (the sum of ranks, made independent)
     assert joint["edit"] is None and joint["rank"] == 1 and h["undone"] == []
+    assert joint["member_edits"] == [stacked["first"]["edit"], stacked["second"]["edit"]]  # each rule's regions
     assert h["entries"][0]["id"] == stacked["up"]["id"] and torch.equal(weight(session, "b8"), w8)
 
     # the weights: those of the library's joint solve of the two rules on a model with only 'up' applied

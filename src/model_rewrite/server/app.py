@@ -95,7 +95,8 @@ def _entry_out(entry: StackEntry) -> S.EntryOut:
     return S.EntryOut(id=entry.id, name=entry.name, layer=spec.layer if spec is not None else "",
                       rank=entry.delta.rank, param_path=entry.delta.param_path,
                       edit=entry.spec.to_dict() if entry.spec is not None else None,
-                      members=[m.spec.name or f"edit {i}" for i, m in enumerate(entry.members)])
+                      members=[m.spec.name or f"edit {i}" for i, m in enumerate(entry.members)],
+                      member_edits=[m.spec.to_dict() for m in entry.members])
 
 
 def _job_out(job: Job, since: int = 0) -> S.JobOut:

@@ -221,6 +221,7 @@ class EntryOut(BaseModel):
     param_path: str
     edit: dict[str, Any] | None  # EditSpec JSON form (masks as data URLs); None for edits solved together
     members: list[str] = []  # edits solved together: their rules' names, in order (empty for one edit)
+    member_edits: list[dict[str, Any]] = []  # and their EditSpec JSON forms, in the same order
 
 
 class HistoryOut(BaseModel):
