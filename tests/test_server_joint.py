@@ -217,3 +217,19 @@ def test_a_cancelled_take_out_leaves_the_joint_edit_as_it_was(client, session, m
     client.post("/api/job/cancel")
     assert wait_job(client)["state"] == "cancelled"
     assert client.get("/api/history").json() == before and torch.equal(weight(session), w)
+
+
+def test_an_edit_solved_together_counts_as_its_rules_when_solved_together_again(client, session):
+    two_edits_and_one_upstream(client)
+    client.post("/api/history/joint", json={"layer": "b16"})
+    wait_job(client)
+    third = edit_body(lr=1e-3) | {"name": "third", "copy": sel(4, COPY), "paste": sel(3, OTHER_PASTE),
+                                   "context": [sel(3, OTHER_PASTE)]}
+    run_edit(client, third)
+    r = client.post("/api/history/joint", json={"layer": "b16"})
+    assert r.status_code == 202 and r.json()["name"] == "first + second + third"
+    job = wait_job(client)
+    assert [rep["name"] for rep in job["reports"]] == ["first", "second", "third"]
+    h = client.get("/api/history").json()
+    assert [e["name"] for e in h["entries"]] == ["up", "joint: first + second + third"]
+    assert h["entries"][1]["members"] == ["first", "second", "third"] and h["entries"][1]["rank"] == 2
