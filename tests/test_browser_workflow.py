@@ -651,11 +651,14 @@ def test_overlapping_edits_are_solved_together_from_the_history_saved_and_loaded
     assert history_names(pg) == names and pg.locator("#together button").count() == 1
     button = pg.locator("#together button")
     assert button.inner_text() == "solve the 2 edits at b32 together"
-    pg.wait_for_selector("#edit-report:not([hidden])")
-    assert "solve them together (History: “solve together”)" in pg.inner_text("#edit-report")
+    # the second load's report ends with the overlap warning, which points to the button
+    pg.wait_for_function("() => document.querySelector('#edit-report').textContent.includes("
+                         "'or solve them together (History: “solve together”)')")
     shots(pg, "13-solve-together-offered")
     button.click()
-    pg.wait_for_selector("#cancel:not([hidden])")
+    # the job's end: its message and report are written together, after the history is read again
+    pg.wait_for_function("() => document.querySelector('#message').textContent.startsWith('solved together:')",
+                         timeout=120_000)
     wait_job(pg)
     pg.wait_for_function("() => document.querySelectorAll('#history > li:not(.undone)').length === 1")
     joint = f"joint: {names[0]} + {names[1]}"
@@ -700,7 +703,8 @@ def test_overlapping_edits_are_solved_together_from_the_history_saved_and_loaded
     pg.wait_for_function("() => document.querySelector('#message').textContent.includes('are the draft again')")
     pg.wait_for_function("() => document.querySelectorAll('#context-tray .tray-item').length === 3")
     pg.click(f'#history .members button[aria-label="take {names[1]} out of {joint}"]')
-    pg.wait_for_selector("#cancel:not([hidden])")
+    pg.wait_for_function("() => document.querySelector('#message').textContent.startsWith('solved again:')",
+                         timeout=120_000)
     wait_job(pg)
     pg.wait_for_function(f"() => document.querySelector('#history > li > .name').textContent === 'joint: {names[0]}'")
     assert pg.inner_text("#edit-report").splitlines()[:2] == [
