@@ -134,6 +134,12 @@ def test_masks_larger_than_the_image_are_refused_before_decoding(client, monkeyp
     data = {"format": "model-rewrite-edit", "version": 2, "model": "tiny", "fingerprint": "x", "layer": LAYER,
             "paste": {"seed": 1, "mask": big}}
     assert client.post("/api/edits/import", json={"name": "big", "edit": data}).status_code == 400
+    # inside an edit-stack or multi-edit file: a small mask first, the big one after it; none decoded either
+    small = {**data, "paste": {"seed": 1, "mask": blank_png_url(RES)}}
+    for key, fmt in (("edits", "model-rewrite-edit-stack"), ("members", "model-rewrite-multi-edit")):
+        many = {"format": fmt, "version": 1, "model": "tiny", "fingerprint": "x", key: [small, data]}
+        r = client.post("/api/edits/import", json={"name": "big", "edit": many})
+        assert r.status_code == 400 and "4096x4096" in r.json()["detail"], r.text
     assert decoded == []  # nothing was decoded
 
 

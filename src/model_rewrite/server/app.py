@@ -61,11 +61,13 @@ def _selection(session: EditSession, sel: S.SelectionIn, what: str) -> Selection
 
 
 def _mask_urls(data: Any) -> list[Any]:
-    """The mask data URLs of an edit's JSON form (paste, copy, context), found without decoding them."""
+    """The mask data URLs of an edit's JSON form (paste, copy, context; of an edit-stack or multi-edit file,
+    every edit's), found without decoding them."""
     if not isinstance(data, dict):
         return []
     sels = [data.get("paste"), data.get("copy"), *(data.get("context") or [] if isinstance(data.get("context"), list) else [])]
-    return [s["mask"] for s in sels if isinstance(s, dict) and "mask" in s]
+    nested = [u for key in ("edits", "members") if isinstance(data.get(key), list) for e in data[key] for u in _mask_urls(e)]
+    return [s["mask"] for s in sels if isinstance(s, dict) and "mask" in s] + nested
 
 
 def _check_masks(session: EditSession, urls: list[Any]) -> None:
