@@ -35,6 +35,18 @@ def two_edits_and_one_upstream(client) -> list[dict]:
     return jobs
 
 
+def solve_after_the_cancel(session, monkeypatch) -> None:
+    """The session's joint solves start once the running job's cancel is in: their first step stops them."""
+    solve_many = session.rw.solve_many
+
+    def after_cancel(specs, on_step=None):
+        while not session.job.cancel.is_set():
+            time.sleep(0.01)
+        return solve_many(specs, on_step)
+
+    monkeypatch.setattr(session.rw, "solve_many", after_cancel)
+
+
 def weight(session_or_rewriter, layer: str = "b16") -> torch.Tensor:
     rw = getattr(session_or_rewriter, "rw", session_or_rewriter)
     return getattr(rw.model, layer).conv.weight.detach().clone()
@@ -104,14 +116,7 @@ def test_solving_together_refuses_what_cannot_be_solved_jointly(client, session)
 def test_a_cancelled_joint_solve_leaves_the_history_as_it_was(client, session, monkeypatch):
     two_edits_and_one_upstream(client)
     before, w = client.get("/api/history").json(), weight(session)
-    solve_many = session.rw.solve_many
-
-    def after_cancel(specs, on_step=None):  # the solve starts once the cancel is in: its first step stops it
-        while not session.job.cancel.is_set():
-            time.sleep(0.01)
-        return solve_many(specs, on_step)
-
-    monkeypatch.setattr(session.rw, "solve_many", after_cancel)
+    solve_after_the_cancel(session, monkeypatch)
     assert client.post("/api/history/joint", json={"layer": "b16"}).status_code == 202
     client.post("/api/job/cancel")
     assert wait_job(client)["state"] == "cancelled"
@@ -205,14 +210,7 @@ def test_a_cancelled_take_out_leaves_the_joint_edit_as_it_was(client, session, m
     client.post("/api/history/joint", json={"layer": "b16"})
     wait_job(client)
     before, w = client.get("/api/history").json(), weight(session)
-    solve_many = session.rw.solve_many
-
-    def after_cancel(specs, on_step=None):
-        while not session.job.cancel.is_set():
-            time.sleep(0.01)
-        return solve_many(specs, on_step)
-
-    monkeypatch.setattr(session.rw, "solve_many", after_cancel)
+    solve_after_the_cancel(session, monkeypatch)
     assert client.post(f"/api/history/{before['entries'][1]['id']}/take-out", json={"member": 1}).status_code == 202
     client.post("/api/job/cancel")
     assert wait_job(client)["state"] == "cancelled"

@@ -40,7 +40,7 @@ from .jointform import closed_form_factor, held_keys, holds_own, own_projectors
 from .layers import LayerSpec
 from .masks import Box
 from .solve import StepCallback, single_thread
-from .stack import Member
+from .stack import Member, joint_name
 from .update import LowRankDelta, adam_step, delta_from_factors
 
 JOINT_RCOND = 1e-2  # keep a direction when at least this fraction of its whitened length is new
@@ -222,7 +222,7 @@ class JointResult:
 
     @property
     def name(self) -> str:
-        return "joint: " + " + ".join(m.spec.name or f"edit {i}" for i, m in enumerate(self.members))
+        return joint_name(self.members)
 
 
 def solve_joint(model: nn.Module, spec: LayerSpec, rules: Sequence[JointRule], cov: torch.Tensor,

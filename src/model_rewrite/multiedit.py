@@ -22,7 +22,7 @@ from typing import Any, Sequence
 from .cache import atomic_write_bytes, load_tensors, save_tensors
 from .edits import EditSpec, factors_path, read_edit_json
 from .errors import IncompatibleEdit, InvalidEdit
-from .stack import Member
+from .stack import Member, joint_name
 from .update import LowRankDelta
 
 MULTI_FORMAT = "model-rewrite-multi-edit"
@@ -41,7 +41,7 @@ class SolvedGroup:
 
     @property
     def name(self) -> str:
-        return "joint: " + " + ".join(m.spec.name or f"edit {i}" for i, m in enumerate(self.members))
+        return joint_name(self.members)
 
 
 def is_multi_edit(data: Any) -> bool:

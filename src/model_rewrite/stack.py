@@ -25,6 +25,16 @@ class Member:
     dirs: torch.Tensor  # (r, C_in)
 
 
+def member_names(members: Sequence[Member]) -> list[str]:
+    """The names of a joint solve's rules, in order ("edit i" for an unnamed one)."""
+    return [m.spec.name or f"edit {i}" for i, m in enumerate(members)]
+
+
+def joint_name(members: Sequence[Member]) -> str:
+    """The history's name of a joint solve: "joint: a + b"."""
+    return "joint: " + " + ".join(member_names(members))
+
+
 @dataclass
 class StackEntry:
     """One applied edit in an EditStack (or one joint solve: `members` lists the edits solved together)."""
@@ -35,6 +45,11 @@ class StackEntry:
     spec: EditSpec | None = None
     members: tuple[Member, ...] = ()
     batch: int = 0  # nonzero: pushed with others by one push_many; undo and redo move them together
+
+    @property
+    def rules(self) -> list[EditSpec]:
+        """The edits this entry applies: a joint entry's members, else its own edit (none if it has no spec)."""
+        return [m.spec for m in self.members] or ([self.spec] if self.spec is not None else [])
 
 
 class EditStack:

@@ -21,7 +21,7 @@ from ..latents import parse_seeds
 from ..masks import check_mask_budget
 from ..render import data_url, png_bytes
 from ..rewrite import Rewriter
-from ..stack import StackEntry
+from ..stack import StackEntry, member_names
 from . import schemas as S
 from .context import REFERENCE_SEEDS
 from .errors import DuplicateEdit, NameTaken, NotFound, SessionBusy, StorageError
@@ -97,7 +97,7 @@ def _entry_out(entry: StackEntry) -> S.EntryOut:
     return S.EntryOut(id=entry.id, name=entry.name, layer=spec.layer if spec is not None else "",
                       rank=entry.delta.rank, param_path=entry.delta.param_path,
                       edit=entry.spec.to_dict() if entry.spec is not None else None,
-                      members=[m.spec.name or f"edit {i}" for i, m in enumerate(entry.members)],
+                      members=member_names(entry.members),
                       member_edits=[m.spec.to_dict() for m in entry.members])
 
 

@@ -18,7 +18,7 @@ from ..interference import overlaps, stack_overlaps
 from ..quality import quality_report
 from ..rewrite import Rewriter
 from ..solve import StepCallback, refinement_note
-from ..stack import StackEntry
+from ..stack import StackEntry, member_names
 from .errors import SessionBusy
 
 log = logging.getLogger(__name__)
@@ -215,12 +215,10 @@ def push_all(rw: Rewriter, edits: Sequence[tuple[EditSpec, Any]], report_seeds: 
 
 
 def rules_of(entry: StackEntry) -> list[EditSpec]:
-    """The rules an active entry applies: a joint entry's members, else its own edit."""
-    if entry.members:
-        return [m.spec for m in entry.members]
-    if entry.spec is None:
+    """The rules an active entry applies (`StackEntry.rules`); InvalidEdit for an entry without a spec."""
+    if not entry.rules:
         raise InvalidEdit(f"edit {entry.name!r} has no spec to solve again")
-    return [entry.spec]
+    return entry.rules
 
 
 def solve_together(rw: Rewriter, entry_ids: Sequence[int], report_seeds: Sequence[int], job: Job) -> None:
@@ -302,7 +300,7 @@ def _measure_members(rw: Rewriter, entries: Sequence[StackEntry], report_seeds: 
     notes = []
     for entry in entries:
         spec = entry.members[0].spec
-        rules = [(m.spec.name or f"edit {i}", m.dirs) for i, m in enumerate(entry.members)]
+        rules = list(zip(member_names(entry.members), (m.dirs for m in entry.members)))
         notes += [o.warning(joint=True) for o in overlaps(rules, spec.layer, rw.stats(spec.layer, spec.stats).moment)
                   if o.warns]
     job.note = "\n".join(notes)

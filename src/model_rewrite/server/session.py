@@ -25,7 +25,7 @@ from ..multiedit import SolvedGroup, group_from_entry, is_multi_edit, multi_edit
 from ..masks import check_mask
 from ..render import data_url, png_bytes, to_uint8
 from ..rewrite import LayerInfo, Rewriter
-from ..stack import StackEntry
+from ..stack import StackEntry, member_names
 from ..update import LowRankDelta
 from .context import ContextFinder
 from .errors import DuplicateEdit, NotFound
@@ -194,8 +194,8 @@ class EditSession:
         if not again:
             for spec in specs:
                 for e in entries:
-                    for rule in [m.spec for m in e.members] or [e.spec]:
-                        if rule is not None and edit_content(spec) == edit_content(rule):
+                    for rule in e.rules:
+                        if edit_content(spec) == edit_content(rule):
                             raise DuplicateEdit(f"this edit is applied already (as {e.name!r}); applying it again "
                                                 "would count it twice. Undo or remove it first, or apply it again on purpose")
         taken, out = [e.name for e in entries], []
@@ -229,7 +229,7 @@ class EditSession:
             raise InvalidEdit(f"edit {entry.name!r} was not solved together with others; remove it instead")
         if not 0 <= member < len(entry.members):
             raise InvalidEdit(f"edit {entry.name!r} has rules 0..{len(entry.members) - 1}, not {member}")
-        rest = [m.spec.name or f"edit {i}" for i, m in enumerate(entry.members) if i != member]
+        rest = [n for i, n in enumerate(member_names(entry.members)) if i != member]
         if not rest:
             self.remove(entry_id)
             return None

@@ -46,13 +46,17 @@ class EditFolder:
         """The JSON file of edit `name` (InvalidEdit for unsafe names)."""
         return self.path / f"{check_save_name(name)}.json"
 
+    @staticmethod
+    def _check_free(path: Path, overwrite: bool) -> None:
+        """NameTaken when an edit (or its factors) is saved under `path` already, unless `overwrite`."""
+        if (path.exists() or factors_path(path).exists()) and not overwrite:
+            raise NameTaken(f"an edit named {path.stem!r} exists already; choose another name or save with overwrite")
+
     def write(self, name: str, spec: EditSpec, delta: LowRankDelta | None, *, overwrite: bool = False) -> Path:
         """Save `spec` (with its factors, or as a draft without) under `name`; NameTaken unless `overwrite`."""
         path = self.file(name)
         with self._lock:
-            fpath = factors_path(path)
-            if (path.exists() or fpath.exists()) and not overwrite:
-                raise NameTaken(f"an edit named {path.stem!r} exists already; choose another name or save with overwrite")
+            self._check_free(path, overwrite)
             try:
                 return save_edit(path, spec, delta)  # atomic: on failure the saved edit stays as it was
             except OSError as exc:
@@ -64,8 +68,7 @@ class EditFolder:
         """Save a stack of edits (an edit-stack file with their factors) under `name`; NameTaken unless `overwrite`."""
         path = self.file(name)
         with self._lock:
-            if (path.exists() or factors_path(path).exists()) and not overwrite:
-                raise NameTaken(f"an edit named {path.stem!r} exists already; choose another name or save with overwrite")
+            self._check_free(path, overwrite)
             return save_edit_stack(path, edits, name=path.stem)
 
     def write_joint(self, name: str, specs: list[EditSpec], group: SolvedGroup | None, *, overwrite: bool = False) -> Path:
@@ -73,8 +76,7 @@ class EditFolder:
         `name`; NameTaken unless `overwrite`."""
         path = self.file(name)
         with self._lock:
-            if (path.exists() or factors_path(path).exists()) and not overwrite:
-                raise NameTaken(f"an edit named {path.stem!r} exists already; choose another name or save with overwrite")
+            self._check_free(path, overwrite)
             return save_multi_edit(path, specs, [group] if group is not None else None, name=path.stem)
 
     def listing(self) -> list[dict[str, Any]]:
